@@ -1,0 +1,214 @@
+//! Admin API: register deployments, list services, inspect invocations, health.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::http_error::ApiError;
+use crate::ids::{stable_hash, InvocationId};
+use crate::journal::{Entry, Output};
+use crate::node::Node;
+use crate::storage::{encode, keys, now_ms, DeploymentRecord, InvocationRecord, Table, WriteBatch};
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(64 * 1024)
+            .error_handler(crate::http_error::json_config_error),
+    )
+    .route("/health", web::get().to(health))
+    .route("/deployments", web::post().to(register_deployment))
+    .route("/deployments", web::get().to(list_deployments))
+    .route("/services", web::get().to(list_services))
+    .route("/invocations/{id}", web::get().to(get_invocation))
+    .route("/metrics", web::get().to(metrics))
+    .default_service(web::to(|req: HttpRequest| async move {
+        actix_web::ResponseError::error_response(&ApiError::not_found(format!(
+            "no route for {} {}",
+            req.method(),
+            req.path()
+        )))
+    }));
+}
+
+async fn health(node: web::Data<Node>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok", "inflightInvocations": node.inflight() }))
+}
+
+/// Prometheus text format; two counters are not worth a metrics dependency yet.
+async fn metrics(node: web::Data<Node>) -> HttpResponse {
+    let stats = &node.store.writer.stats;
+    let body = format!(
+        "# TYPE kiln_storage_commits_total counter\nkiln_storage_commits_total {}\n\
+         # TYPE kiln_storage_fsyncs_total counter\nkiln_storage_fsyncs_total {}\n\
+         # TYPE kiln_invocations_inflight gauge\nkiln_invocations_inflight {}\n\
+         # TYPE kiln_objects_active gauge\nkiln_objects_active {}\n",
+        stats.commits.load(Ordering::Relaxed),
+        stats.fsyncs.load(Ordering::Relaxed),
+        node.inflight(),
+        node.objects.active().len(),
+    );
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(body)
+}
+
+#[derive(Deserialize)]
+struct RegisterDeployment {
+    uri: String,
+}
+
+fn deployment_json(d: &DeploymentRecord) -> Value {
+    json!({ "id": d.id, "uri": d.uri, "services": d.services, "registeredAtMs": d.registered_at_ms })
+}
+
+async fn register_deployment(
+    body: web::Json<RegisterDeployment>,
+    node: web::Data<Node>,
+) -> Result<HttpResponse, ApiError> {
+    let uri = body.uri.trim_end_matches('/').to_owned();
+    if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+        return Err(ApiError::bad_request(format!(
+            "uri {uri:?} must start with http:// or https://"
+        )));
+    }
+    let services = crate::schema::discover(&uri).await.map_err(|e| match e {
+        crate::schema::DiscoveryError::Unreachable { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())
+        }
+        crate::schema::DiscoveryError::Invalid { .. } => ApiError::bad_request(e.to_string()),
+    })?;
+    let id = format!("dp_{:016x}", stable_hash(&[uri.as_bytes()]));
+    let existing = node
+        .schema
+        .snapshot()
+        .deployments
+        .iter()
+        .find(|d| d.id == id)
+        .cloned();
+    if let Some(d) = existing.as_ref().filter(|d| d.services == services) {
+        return Ok(HttpResponse::Ok().json(deployment_json(d)));
+    }
+    let record = DeploymentRecord {
+        id: id.clone(),
+        uri,
+        services,
+        registered_at_ms: now_ms(),
+    };
+    let mut batch = WriteBatch::new();
+    batch.put(Table::Deployments, keys::deployment(&id), encode(&record));
+    node.store.writer.commit(batch).await?;
+    node.schema.upsert(record.clone());
+    tracing::info!(deployment = %id, uri = %record.uri, services = record.services.len(), "admin.deployment_registered");
+    let status = if existing.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(HttpResponse::build(status).json(deployment_json(&record)))
+}
+
+async fn list_deployments(node: web::Data<Node>) -> HttpResponse {
+    let schema = node.schema.snapshot();
+    HttpResponse::Ok().json(json!({ "deployments": schema.deployments.iter().map(deployment_json).collect::<Vec<_>>() }))
+}
+
+async fn list_services(node: web::Data<Node>) -> HttpResponse {
+    let schema = node.schema.snapshot();
+    let mut services: Vec<Value> = schema
+        .deployments
+        .iter()
+        .flat_map(|d| d.services.iter().map(move |s| (d, s)))
+        .filter(|(d, s)| schema.services.get(&s.name).is_some_and(|e| e.deployment_id == d.id))
+        .map(|(d, s)| json!({ "name": s.name, "kind": s.kind, "deploymentId": d.id, "handlers": s.handlers }))
+        .collect();
+    services.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    HttpResponse::Ok().json(json!({ "services": services }))
+}
+
+/// Payloads are shown as text when they are UTF-8 (JSON from the Kotlin SDK), else as bytes.
+fn payload(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Value::String(s.to_owned()),
+        Err(_) => json!({ "bytes": bytes }),
+    }
+}
+
+fn entry_json(index: usize, entry: &Entry) -> Value {
+    let mut v = json!({ "index": index, "kind": entry.kind(), "name": entry.name() });
+    match entry {
+        Entry::Input { value } | Entry::SetState { value, .. } => v["value"] = payload(value),
+        Entry::GetState { value, .. } => {
+            v["value"] = value.as_deref().map(payload).unwrap_or(Value::Null)
+        }
+        Entry::GetStateKeys { keys } => v["keys"] = json!(keys),
+        Entry::Run { value, failure, .. } | Entry::Output { value, failure } => {
+            if let Some(value) = value {
+                v["value"] = payload(value);
+            }
+            if let Some(f) = failure {
+                v["failure"] = json!({ "code": f.code, "message": f.message });
+            }
+        }
+        Entry::ClearState { .. } | Entry::ClearAllState => {}
+    }
+    v
+}
+
+fn invocation_json(
+    node: &Node,
+    id: InvocationId,
+    record: &InvocationRecord,
+    journal: &[Entry],
+) -> Value {
+    let live = node.live.get(&id).filter(|_| !record.status.is_finished());
+    let status = live.as_ref().map(|l| l.status).unwrap_or(record.status);
+    let output = record.output.as_ref().map(|o| match o {
+        Output::Value(v) => json!({ "value": payload(v) }),
+        Output::Failure(f) => json!({ "failure": { "code": f.code, "message": f.message } }),
+    });
+    json!({
+        "id": id.to_string(),
+        "service": record.service,
+        "key": record.key,
+        "handler": record.handler,
+        "kind": record.kind,
+        "status": status.as_str(),
+        "attempts": live.as_ref().map(|l| l.attempts).unwrap_or(record.attempts),
+        "lastError": live.as_ref().map(|l| l.last_error.clone()).unwrap_or(record.last_error.clone()),
+        "nextRetryAtMs": live.as_ref().map(|l| l.next_retry_at_ms).unwrap_or(record.next_retry_at_ms),
+        "deploymentId": record.deployment_id,
+        "idempotencyKey": record.idempotency_key,
+        "createdAtMs": record.created_at_ms,
+        "modifiedAtMs": record.modified_at_ms,
+        "journal": journal.iter().enumerate().map(|(i, e)| entry_json(i, e)).collect::<Vec<_>>(),
+        "output": output,
+    })
+}
+
+async fn get_invocation(
+    path: web::Path<String>,
+    node: web::Data<Node>,
+) -> Result<HttpResponse, ApiError> {
+    let id: InvocationId = path
+        .parse()
+        .map_err(|e: crate::ids::MalformedId| ApiError::bad_request(e.to_string()))?;
+    let store = node.store.clone();
+    let found = web::block(move || -> Result<_, crate::storage::StorageError> {
+        Ok(match store.invocation(&id)? {
+            Some(record) => Some((record, store.journal(&id)?)),
+            None => None,
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    match found {
+        None => Err(ApiError::not_found(format!("invocation {id} not found"))),
+        Some((record, journal)) => {
+            Ok(HttpResponse::Ok().json(invocation_json(&node, id, &record, &journal)))
+        }
+    }
+}

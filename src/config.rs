@@ -1,0 +1,137 @@
+//! Every tunable and limit of a node, with units in the names.
+//!
+//! Precedence: command-line flag > environment variable (`KILN_*`) > config file (`--config`,
+//! TOML) > built-in default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings of `kiln serve`. Field names are also the TOML keys of the config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where fjall keeps all durable data.
+    pub data_dir: PathBuf,
+    /// Public ingress (invoke handlers, attach to invocations).
+    pub ingress_addr: SocketAddr,
+    /// Admin API (deployments, services, invocations, health).
+    pub admin_addr: SocketAddr,
+    /// Largest accepted request body on the ingress.
+    pub max_body_bytes: usize,
+    /// How long the response of a call with an `idempotency-key` is kept.
+    pub idempotency_retention_secs: u64,
+    /// First retry delay of a failed invocation attempt; doubles each time.
+    pub retry_initial_ms: u64,
+    /// Ceiling of the retry delay.
+    pub retry_max_ms: u64,
+    /// Attempts after which an invocation fails for good (0 = retry forever).
+    pub retry_max_attempts: u32,
+    /// Durable inbox length per object beyond which new calls get 429.
+    pub max_inbox_per_object: usize,
+    /// Unfinished invocations a node holds in memory beyond which new calls get 429.
+    pub max_inflight_invocations: usize,
+    /// An object actor with nothing to do for this long is stopped (passivated).
+    pub object_idle_ms: u64,
+    /// An attempt whose SDK endpoint sends nothing for this long is aborted and retried.
+    pub attempt_inactivity_timeout_ms: u64,
+    /// Largest frame accepted from an SDK endpoint.
+    pub max_frame_bytes: usize,
+    /// Number of threads running object actors (0 = one per CPU).
+    pub actor_threads: usize,
+    /// Number of HTTP worker threads of the ingress (0 = one per CPU).
+    pub ingress_threads: usize,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./kiln-data"),
+            ingress_addr: "127.0.0.1:8080".parse().expect("valid addr"),
+            admin_addr: "127.0.0.1:9070".parse().expect("valid addr"),
+            max_body_bytes: 10 * 1024 * 1024,
+            idempotency_retention_secs: 24 * 60 * 60,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+            retry_max_attempts: 1000,
+            max_inbox_per_object: 10_000,
+            max_inflight_invocations: 50_000,
+            object_idle_ms: 60_000,
+            attempt_inactivity_timeout_ms: 300_000,
+            max_frame_bytes: 16 * 1024 * 1024,
+            actor_threads: 0,
+            ingress_threads: 0,
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Back-off before attempt `attempt + 1`, given that `attempt` attempts have failed.
+    pub fn retry_delay(&self, failed_attempts: u32) -> Duration {
+        let exp = failed_attempts.saturating_sub(1).min(30);
+        let ms = self
+            .retry_initial_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.retry_max_ms);
+        Duration::from_millis(ms)
+    }
+
+    pub fn retries_exhausted(&self, attempts: u32) -> bool {
+        self.retry_max_attempts != 0 && attempts >= self.retry_max_attempts
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_body_bytes == 0 || self.max_frame_bytes < 1024 {
+            return Err("max_body_bytes must be > 0 and max_frame_bytes >= 1024".into());
+        }
+        if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
+            return Err("retry_initial_ms must be > 0 and <= retry_max_ms".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "log_format must be 'text' or 'json', not {:?}",
+                self.log_format
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn threads(configured: usize) -> usize {
+        if configured > 0 {
+            configured
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_ceiling() {
+        let c = Config {
+            retry_initial_ms: 100,
+            retry_max_ms: 1000,
+            ..Config::default()
+        };
+        let ms: Vec<u128> = (1..=6).map(|n| c.retry_delay(n).as_millis()).collect();
+        assert_eq!(ms, vec![100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn file_keys_match_field_names() {
+        let c: Config = toml::from_str("data_dir = '/tmp/x'\nmax_body_bytes = 5").unwrap();
+        assert_eq!(c.max_body_bytes, 5);
+        assert_eq!(c.ingress_addr, Config::default().ingress_addr);
+        assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+    }
+}

@@ -1,0 +1,75 @@
+//! The one place where errors become HTTP statuses: JSON `{code, message}` bodies.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::object::SubmitError;
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+/// The JSON error body used everywhere: `{"code": <number>, "message": "..."}`.
+pub fn error_body(status: StatusCode, code: u16, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({ "code": code, "message": message }))
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        error_body(self.status, self.status.as_u16(), &self.message)
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        let status = match e {
+            StorageError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            StorageError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        let status = match &e {
+            SubmitError::InboxFull(_)
+            | SubmitError::MailboxFull(_)
+            | SubmitError::TooManyInvocations => StatusCode::TOO_MANY_REQUESTS,
+            SubmitError::Storage(s) => return s.clone().into(),
+            SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, format!("{e}; retry later"))
+    }
+}
+
+/// JSON error for extractor failures (bad JSON, bad paths), so no error is ever plain text.
+pub fn json_config_error(
+    err: actix_web::error::JsonPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    ApiError::bad_request(format!("malformed JSON body: {err}")).into()
+}

@@ -1,0 +1,224 @@
+//! Public HTTP API, shaped like Restate's: call or send to handlers, attach to invocations.
+//!
+//! Boundary: parses and validates requests, then hands them to `Node::submit`; knows nothing
+//! of storage layout or actors.
+
+mod body;
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use percent_encoding::percent_decode_str;
+use serde_json::json;
+
+use crate::http_error::{error_body, ApiError};
+use crate::ids::InvocationId;
+use crate::journal::Output;
+use crate::node::{Node, Request};
+use crate::storage::ServiceKind;
+
+pub const INVOCATION_ID_HEADER: &str = "x-kiln-invocation-id";
+const IDEMPOTENCY_KEY_MAX_BYTES: usize = 256;
+const OBJECT_KEY_MAX_BYTES: usize = 1024;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::JsonConfig::default().error_handler(crate::http_error::json_config_error))
+        .route("/invocations/{id}/attach", web::get().to(attach))
+        .route("/invocations/{id}/output", web::get().to(output))
+        .route("/restate/invocation/{id}/attach", web::get().to(attach))
+        .route("/restate/invocation/{id}/output", web::get().to(output))
+        .route("/{tail:.*}", web::post().to(invoke))
+        .default_service(web::to(|req: HttpRequest| async move {
+            ApiError::not_found(format!("no route for {} {}", req.method(), req.path()))
+                .error_response_owned()
+        }));
+}
+
+trait OwnedResponse {
+    fn error_response_owned(self) -> HttpResponse;
+}
+
+impl OwnedResponse for ApiError {
+    fn error_response_owned(self) -> HttpResponse {
+        actix_web::ResponseError::error_response(&self)
+    }
+}
+
+/// The HTTP response for a finished invocation.
+pub fn output_response(id: InvocationId, output: &Output) -> HttpResponse {
+    match output {
+        Output::Value(v) => HttpResponse::Ok()
+            .content_type("application/json")
+            .insert_header((INVOCATION_ID_HEADER, id.to_string()))
+            .body(v.clone()),
+        Output::Failure(f) => {
+            let mut r = error_body(StatusCode::INTERNAL_SERVER_ERROR, f.code, &f.message);
+            if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id.to_string()) {
+                r.headers_mut().insert(
+                    actix_web::http::header::HeaderName::from_static(INVOCATION_ID_HEADER),
+                    v,
+                );
+            }
+            r
+        }
+    }
+}
+
+struct Target {
+    service: String,
+    key: String,
+    handler: String,
+    send: bool,
+}
+
+fn decode(segment: &str) -> Result<String, ApiError> {
+    percent_decode_str(segment)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::bad_request(format!("path segment {segment:?} is not valid UTF-8")))
+}
+
+fn parse_target(
+    node: &Node,
+    path: &str,
+) -> Result<(Target, crate::schema::ServiceEntry), ApiError> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let service_name = decode(segments[0])?;
+    let schema = node.schema.snapshot();
+    let Some(service) = schema.services.get(&service_name) else {
+        return Err(ApiError::not_found(format!("service {service_name:?} not found; registered services: GET /services on the admin API")));
+    };
+    let target =
+        match (service.kind, segments.as_slice()) {
+            (ServiceKind::Service, [_, h]) => Target {
+                service: service_name,
+                key: String::new(),
+                handler: decode(h)?,
+                send: false,
+            },
+            (ServiceKind::Service, [_, h, "send"]) => Target {
+                service: service_name,
+                key: String::new(),
+                handler: decode(h)?,
+                send: true,
+            },
+            (ServiceKind::VirtualObject, [_, k, h]) => Target {
+                service: service_name,
+                key: decode(k)?,
+                handler: decode(h)?,
+                send: false,
+            },
+            (ServiceKind::VirtualObject, [_, k, h, "send"]) => Target {
+                service: service_name,
+                key: decode(k)?,
+                handler: decode(h)?,
+                send: true,
+            },
+            (ServiceKind::VirtualObject, [_, _]) => return Err(ApiError::bad_request(format!(
+                "{service_name} is a virtual object: call POST /{service_name}/{{key}}/{{handler}}"
+            ))),
+            _ => return Err(ApiError::not_found(format!("no route for POST {path}"))),
+        };
+    if target.key.len() > OBJECT_KEY_MAX_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "object key longer than {OBJECT_KEY_MAX_BYTES} bytes"
+        )));
+    }
+    if !service.handlers.contains_key(&target.handler) {
+        return Err(ApiError::not_found(format!(
+            "handler {:?} not found in service {:?}",
+            target.handler, target.service
+        )));
+    }
+    Ok((target, service.clone()))
+}
+
+async fn invoke(
+    req: HttpRequest,
+    payload: web::Payload,
+    node: web::Data<Node>,
+) -> Result<HttpResponse, ApiError> {
+    let node: Arc<Node> = node.into_inner();
+    let (target, service) = parse_target(&node, req.path())?;
+    if !req.query_string().is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "query parameters are not supported here: {:?}",
+            req.query_string()
+        )));
+    }
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("idempotency-key must be visible ASCII"))?;
+            if k.is_empty() || k.len() > IDEMPOTENCY_KEY_MAX_BYTES {
+                return Err(ApiError::bad_request(format!(
+                    "idempotency-key must be 1 to {IDEMPOTENCY_KEY_MAX_BYTES} bytes"
+                )));
+            }
+            Some(k.to_owned())
+        }
+    };
+    let input = body::read_limited(&req, payload, node.config.max_body_bytes).await?;
+    let kind = service.handlers[&target.handler];
+    let submitted = node
+        .submit(Request {
+            service: target.service,
+            handler: target.handler,
+            key: target.key,
+            kind,
+            deployment_id: service.deployment_id,
+            input,
+            idempotency_key,
+        })
+        .await?;
+    if target.send {
+        let status = if submitted.existing {
+            "PreviouslyAccepted"
+        } else {
+            "Accepted"
+        };
+        return Ok(HttpResponse::Accepted()
+            .json(json!({ "invocationId": submitted.id.to_string(), "status": status })));
+    }
+    wait_for(&node, submitted.id).await
+}
+
+async fn wait_for(node: &Node, id: InvocationId) -> Result<HttpResponse, ApiError> {
+    match node.output(id).await? {
+        Some(output) => Ok(output_response(id, &output)),
+        None => Err(ApiError::not_found(format!("invocation {id} not found"))),
+    }
+}
+
+fn parse_id(raw: &str) -> Result<InvocationId, ApiError> {
+    raw.parse()
+        .map_err(|e: crate::ids::MalformedId| ApiError::bad_request(e.to_string()))
+}
+
+async fn attach(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    wait_for(&node, id).await
+}
+
+async fn output(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let store = node.store.clone();
+    let record = web::block(move || store.invocation(&id))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    match record {
+        None => Err(ApiError::not_found(format!("invocation {id} not found"))),
+        Some(r) => match r.output {
+            Some(output) => Ok(output_response(id, &output)),
+            // 470 is what Restate answers for "not completed yet".
+            None => Ok(error_body(
+                StatusCode::from_u16(470).expect("valid status"),
+                470,
+                &format!("invocation {id} has not completed yet"),
+            )),
+        },
+    }
+}

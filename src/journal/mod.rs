@@ -1,0 +1,290 @@
+//! Journal entries and the pure rules for accepting them. No I/O, no clock, no randomness.
+//!
+//! The same types are the wire format of ENTRY frames (see `docs/protocol.md`) and the
+//! storage format of the `journal` table.
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::HandlerKind;
+
+/// A terminal failure: of a handler, of a `run` block, or of the invocation as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub code: u16,
+    pub message: String,
+}
+
+/// The result of an invocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    Failure(Failure),
+}
+
+/// Failure codes the runtime itself assigns (user codes pass through unchanged).
+pub mod codes {
+    /// A shared handler tried to write state.
+    pub const STATE_WRITE_IN_SHARED: u16 = 409;
+    /// Retries exhausted.
+    pub const RETRIES_EXHAUSTED: u16 = 500;
+    /// Replayed code issued a different command than the journal holds.
+    pub const JOURNAL_MISMATCH: u16 = 570;
+    /// The SDK endpoint broke the protocol (bad frame, bad index, garbage).
+    pub const PROTOCOL_VIOLATION: u16 = 571;
+}
+
+/// One journal entry. `kind` is the MessagePack tag; see the table in `docs/protocol.md`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    Input {
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    GetState {
+        name: String,
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        value: Option<Vec<u8>>,
+    },
+    GetStateKeys {
+        keys: Vec<String>,
+    },
+    SetState {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    ClearState {
+        name: String,
+    },
+    ClearAllState,
+    Run {
+        name: String,
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        value: Option<Vec<u8>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<Failure>,
+    },
+    Output {
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        value: Option<Vec<u8>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<Failure>,
+    },
+}
+
+/// An ENTRY frame's body: the index, then the entry's own fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedEntry {
+    pub index: u32,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+impl Entry {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::Input { .. } => "input",
+            Entry::GetState { .. } => "get_state",
+            Entry::GetStateKeys { .. } => "get_state_keys",
+            Entry::SetState { .. } => "set_state",
+            Entry::ClearState { .. } => "clear_state",
+            Entry::ClearAllState => "clear_all_state",
+            Entry::Run { .. } => "run",
+            Entry::Output { .. } => "output",
+        }
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Entry::GetState { name, .. }
+            | Entry::SetState { name, .. }
+            | Entry::ClearState { name }
+            | Entry::Run { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    fn writes_state(&self) -> bool {
+        matches!(
+            self,
+            Entry::SetState { .. } | Entry::ClearState { .. } | Entry::ClearAllState
+        )
+    }
+}
+
+/// What accepting an SDK entry does to the object's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateEffect {
+    None,
+    Set(String, Vec<u8>),
+    Clear(String),
+    ClearAll,
+}
+
+/// Why an entry from the SDK is refused; each ends the invocation with this failure.
+pub fn check_sdk_entry(
+    kind: HandlerKind,
+    expected_index: u32,
+    frame: &IndexedEntry,
+) -> Result<StateEffect, Failure> {
+    if frame.index != expected_index {
+        return Err(Failure {
+            code: codes::PROTOCOL_VIOLATION,
+            message: format!(
+                "protocol violation: SDK sent entry {} ({}) where index {expected_index} was expected",
+                frame.index,
+                frame.entry.kind()
+            ),
+        });
+    }
+    let entry = &frame.entry;
+    if matches!(entry, Entry::Input { .. }) {
+        return Err(Failure {
+            code: codes::PROTOCOL_VIOLATION,
+            message: format!(
+                "protocol violation: SDK sent an input entry at index {}",
+                frame.index
+            ),
+        });
+    }
+    if let Entry::Run { value, failure, .. } | Entry::Output { value, failure } = entry {
+        if value.is_some() == failure.is_some() {
+            return Err(Failure {
+                code: codes::PROTOCOL_VIOLATION,
+                message: format!(
+                    "protocol violation: {} entry at index {} must carry exactly one of value or failure",
+                    entry.kind(),
+                    frame.index
+                ),
+            });
+        }
+    }
+    if entry.writes_state() && kind != HandlerKind::Exclusive {
+        let what = match kind {
+            HandlerKind::Shared => "a shared handler",
+            _ => "a stateless service handler",
+        };
+        return Err(Failure {
+            code: codes::STATE_WRITE_IN_SHARED,
+            message: format!(
+                "{what} cannot write state ({} at index {}): state writes are only allowed in exclusive handlers",
+                entry.kind(),
+                frame.index
+            ),
+        });
+    }
+    Ok(match entry {
+        Entry::SetState { name, value } => StateEffect::Set(name.clone(), value.clone()),
+        Entry::ClearState { name } => StateEffect::Clear(name.clone()),
+        Entry::ClearAllState => StateEffect::ClearAll,
+        _ => StateEffect::None,
+    })
+}
+
+/// The invocation's output, if this entry ends it.
+pub fn output_of(entry: &Entry) -> Option<Output> {
+    match entry {
+        Entry::Output { value: Some(v), .. } => Some(Output::Value(v.clone())),
+        Entry::Output {
+            failure: Some(f), ..
+        } => Some(Output::Failure(f.clone())),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(index: u32, entry: Entry) -> IndexedEntry {
+        IndexedEntry { index, entry }
+    }
+
+    #[test]
+    fn rules_table() {
+        let set = Entry::SetState {
+            name: "n".into(),
+            value: vec![1],
+        };
+        let run_ok = Entry::Run {
+            name: "r".into(),
+            value: Some(vec![]),
+            failure: None,
+        };
+        let run_both = Entry::Run {
+            name: "r".into(),
+            value: Some(vec![]),
+            failure: Some(Failure {
+                code: 1,
+                message: String::new(),
+            }),
+        };
+        let cases: Vec<(HandlerKind, u32, IndexedEntry, Result<(), u16>)> = vec![
+            (HandlerKind::Exclusive, 1, at(1, set.clone()), Ok(())),
+            (
+                HandlerKind::Shared,
+                1,
+                at(1, set.clone()),
+                Err(codes::STATE_WRITE_IN_SHARED),
+            ),
+            (
+                HandlerKind::Stateless,
+                1,
+                at(1, Entry::ClearAllState),
+                Err(codes::STATE_WRITE_IN_SHARED),
+            ),
+            (
+                HandlerKind::Exclusive,
+                2,
+                at(1, set),
+                Err(codes::PROTOCOL_VIOLATION),
+            ),
+            (HandlerKind::Shared, 1, at(1, run_ok), Ok(())),
+            (
+                HandlerKind::Shared,
+                1,
+                at(1, run_both),
+                Err(codes::PROTOCOL_VIOLATION),
+            ),
+            (
+                HandlerKind::Shared,
+                1,
+                at(1, Entry::Input { value: vec![] }),
+                Err(codes::PROTOCOL_VIOLATION),
+            ),
+        ];
+        for (kind, expected, frame, want) in cases {
+            let got = check_sdk_entry(kind, expected, &frame)
+                .map(|_| ())
+                .map_err(|f| f.code);
+            assert_eq!(got, want, "{kind:?} {frame:?}");
+        }
+    }
+
+    #[test]
+    fn entry_frames_round_trip_as_named_maps() {
+        let frame = at(
+            3,
+            Entry::Run {
+                name: "step-1".into(),
+                value: Some(b"\"x\"".to_vec()),
+                failure: None,
+            },
+        );
+        let bytes = rmp_serde::to_vec_named(&frame).unwrap();
+        let back: IndexedEntry = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, frame);
+        let get = at(
+            1,
+            Entry::GetState {
+                name: "count".into(),
+                value: None,
+            },
+        );
+        let back: IndexedEntry =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&get).unwrap()).unwrap();
+        assert_eq!(back, get);
+    }
+}

@@ -1,0 +1,14 @@
+//! Kiln: durable execution of virtual objects. See ARCHITECTURE.md for the map.
+
+pub mod admin;
+pub mod config;
+pub mod http_error;
+pub mod ids;
+pub mod ingress;
+pub mod invocation;
+pub mod invoker;
+pub mod journal;
+pub mod node;
+pub mod object;
+pub mod schema;
+pub mod storage;

@@ -1,0 +1,126 @@
+//! `kiln`: command line and wiring only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use kiln::config::Config;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Durable execution of virtual objects")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: ingress, admin API and storage.
+    Serve(ServeArgs),
+}
+
+/// Every flag also reads a `KILN_*` environment variable; both override the config file.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file; its keys are the flag names with '_' (e.g. `max_body_bytes = 1048576`).
+    #[arg(long, env = "KILN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./kiln-data]
+    #[arg(long, env = "KILN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Ingress listen address [default: 127.0.0.1:8080]
+    #[arg(long, env = "KILN_INGRESS_ADDR")]
+    ingress_addr: Option<SocketAddr>,
+    /// Admin listen address [default: 127.0.0.1:9070]
+    #[arg(long, env = "KILN_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
+    /// Largest ingress request body in bytes [default: 10485760]
+    #[arg(long, env = "KILN_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// How long idempotent responses and finished invocations are kept, in seconds [default: 86400]
+    #[arg(long, env = "KILN_IDEMPOTENCY_RETENTION_SECS")]
+    idempotency_retention_secs: Option<u64>,
+    /// First retry back-off in ms [default: 100]
+    #[arg(long, env = "KILN_RETRY_INITIAL_MS")]
+    retry_initial_ms: Option<u64>,
+    /// Largest retry back-off in ms [default: 10000]
+    #[arg(long, env = "KILN_RETRY_MAX_MS")]
+    retry_max_ms: Option<u64>,
+    /// Attempts before an invocation fails for good, 0 = forever [default: 1000]
+    #[arg(long, env = "KILN_RETRY_MAX_ATTEMPTS")]
+    retry_max_attempts: Option<u32>,
+    /// Inbox length per object before 429 [default: 10000]
+    #[arg(long, env = "KILN_MAX_INBOX_PER_OBJECT")]
+    max_inbox_per_object: Option<usize>,
+    /// Unfinished invocations per node before 429 [default: 50000]
+    #[arg(long, env = "KILN_MAX_INFLIGHT_INVOCATIONS")]
+    max_inflight_invocations: Option<usize>,
+    /// Idle time before an object actor passivates, in ms [default: 60000]
+    #[arg(long, env = "KILN_OBJECT_IDLE_MS")]
+    object_idle_ms: Option<u64>,
+    /// Silence from an SDK endpoint before an attempt is retried, in ms [default: 300000]
+    #[arg(long, env = "KILN_ATTEMPT_INACTIVITY_TIMEOUT_MS")]
+    attempt_inactivity_timeout_ms: Option<u64>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "KILN_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
+        }
+        set!(
+            data_dir,
+            ingress_addr,
+            admin_addr,
+            max_body_bytes,
+            idempotency_retention_secs,
+            retry_initial_ms,
+            retry_max_ms,
+            retry_max_attempts,
+            max_inbox_per_object,
+            max_inflight_invocations,
+            object_idle_ms,
+            attempt_inactivity_timeout_ms,
+            log_format
+        );
+        c.validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        Ok(c)
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.into_config()?;
+            init_tracing(&config.log_format);
+            actix_rt::System::new().block_on(kiln::node::run(config))
+        }
+    }
+}

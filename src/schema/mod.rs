@@ -1,0 +1,255 @@
+//! Registered deployments and the services they serve, plus endpoint discovery.
+//!
+//! The schema is immutable and swapped whole on registration, so readers on the hot path
+//! take an `Arc` and never wait for a writer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::storage::{DeploymentRecord, HandlerKind, HandlerRecord, ServiceKind, ServiceRecord};
+
+/// A service as the ingress sees it.
+#[derive(Clone, Debug)]
+pub struct ServiceEntry {
+    pub kind: ServiceKind,
+    pub deployment_id: String,
+    pub handlers: HashMap<String, HandlerKind>,
+}
+
+#[derive(Default)]
+pub struct Schema {
+    pub services: HashMap<String, ServiceEntry>,
+    pub deployments: Vec<DeploymentRecord>,
+}
+
+impl Schema {
+    fn build(mut deployments: Vec<DeploymentRecord>) -> Self {
+        // The most recently registered deployment of a service takes its new invocations.
+        deployments.sort_by_key(|d| d.registered_at_ms);
+        let mut services = HashMap::new();
+        for d in &deployments {
+            for s in &d.services {
+                let handlers = s
+                    .handlers
+                    .iter()
+                    .map(|h| {
+                        let kind = match (s.kind, h.kind.as_str()) {
+                            (ServiceKind::Service, _) => HandlerKind::Stateless,
+                            (ServiceKind::VirtualObject, "shared") => HandlerKind::Shared,
+                            (ServiceKind::VirtualObject, _) => HandlerKind::Exclusive,
+                        };
+                        (h.name.clone(), kind)
+                    })
+                    .collect();
+                services.insert(
+                    s.name.clone(),
+                    ServiceEntry {
+                        kind: s.kind,
+                        deployment_id: d.id.clone(),
+                        handlers,
+                    },
+                );
+            }
+        }
+        Self {
+            services,
+            deployments,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct SchemaRegistry(RwLock<Arc<Schema>>);
+
+impl SchemaRegistry {
+    pub fn new(deployments: Vec<DeploymentRecord>) -> Self {
+        Self(RwLock::new(Arc::new(Schema::build(deployments))))
+    }
+
+    pub fn snapshot(&self) -> Arc<Schema> {
+        self.0.read().expect("schema lock").clone()
+    }
+
+    /// Adds or replaces a deployment (already durable) and swaps the schema.
+    pub fn upsert(&self, record: DeploymentRecord) {
+        let mut guard = self.0.write().expect("schema lock");
+        let mut deployments: Vec<DeploymentRecord> = guard
+            .deployments
+            .iter()
+            .filter(|d| d.id != record.id)
+            .cloned()
+            .collect();
+        deployments.push(record);
+        *guard = Arc::new(Schema::build(deployments));
+    }
+
+    pub fn endpoint_of(&self, deployment_id: &str) -> Option<String> {
+        self.snapshot()
+            .deployments
+            .iter()
+            .find(|d| d.id == deployment_id)
+            .map(|d| d.uri.clone())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("could not reach {uri}/discover: {message}")]
+    Unreachable { uri: String, message: String },
+    #[error("invalid discovery response from {uri}: {message}")]
+    Invalid { uri: String, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DiscoveryResponse {
+    protocol_version: u32,
+    services: Vec<DiscoveredService>,
+}
+
+#[derive(Deserialize)]
+struct DiscoveredService {
+    name: String,
+    kind: String,
+    handlers: Vec<DiscoveredHandler>,
+}
+
+#[derive(Deserialize)]
+struct DiscoveredHandler {
+    name: String,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128
+}
+
+/// Asks `uri` which services it serves (`GET {uri}/discover`).
+pub async fn discover(uri: &str) -> Result<Vec<ServiceRecord>, DiscoveryError> {
+    let url = format!("{}/discover", uri.trim_end_matches('/'));
+    let unreachable = |message: String| DiscoveryError::Unreachable {
+        uri: uri.to_owned(),
+        message,
+    };
+    let invalid = |message: String| DiscoveryError::Invalid {
+        uri: uri.to_owned(),
+        message,
+    };
+    let response = crate::invoker::http_client()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(invalid(format!("status {}", response.status())));
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let parsed: DiscoveryResponse =
+        serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+    if parsed.protocol_version != crate::invoker::frame::PROTOCOL_VERSION {
+        return Err(invalid(format!(
+            "protocol version {} is not supported (this runtime speaks {})",
+            parsed.protocol_version,
+            crate::invoker::frame::PROTOCOL_VERSION
+        )));
+    }
+    let mut services = Vec::new();
+    for s in parsed.services {
+        if !valid_name(&s.name) {
+            return Err(invalid(format!("service name {:?} is not valid", s.name)));
+        }
+        let kind = match s.kind.as_str() {
+            "service" => ServiceKind::Service,
+            "virtual_object" => ServiceKind::VirtualObject,
+            other => {
+                return Err(invalid(format!(
+                    "service {}: kind {other:?} is not supported",
+                    s.name
+                )))
+            }
+        };
+        let mut handlers = Vec::new();
+        for h in s.handlers {
+            if !valid_name(&h.name) {
+                return Err(invalid(format!(
+                    "handler name {:?} of {} is not valid",
+                    h.name, s.name
+                )));
+            }
+            let hk = match (kind, h.kind.as_deref()) {
+                (ServiceKind::Service, _) => "shared",
+                (ServiceKind::VirtualObject, Some("shared")) => "shared",
+                (ServiceKind::VirtualObject, Some("exclusive") | None) => "exclusive",
+                (_, Some(other)) => {
+                    return Err(invalid(format!(
+                        "handler {}/{}: kind {other:?} is not supported",
+                        s.name, h.name
+                    )))
+                }
+            };
+            handlers.push(HandlerRecord {
+                name: h.name,
+                kind: hk.into(),
+            });
+        }
+        services.push(ServiceRecord {
+            name: s.name,
+            kind,
+            handlers,
+        });
+    }
+    Ok(services)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_name("Counter"));
+        assert!(valid_name("three_step2"));
+        assert!(!valid_name("2x"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(""));
+    }
+
+    #[test]
+    fn latest_deployment_wins() {
+        let svc = |kind| ServiceRecord {
+            name: "S".into(),
+            kind,
+            handlers: vec![HandlerRecord {
+                name: "h".into(),
+                kind: "shared".into(),
+            }],
+        };
+        let registry = SchemaRegistry::new(vec![DeploymentRecord {
+            id: "a".into(),
+            uri: "u1".into(),
+            services: vec![svc(ServiceKind::Service)],
+            registered_at_ms: 1,
+        }]);
+        registry.upsert(DeploymentRecord {
+            id: "b".into(),
+            uri: "u2".into(),
+            services: vec![svc(ServiceKind::VirtualObject)],
+            registered_at_ms: 2,
+        });
+        let schema = registry.snapshot();
+        assert_eq!(schema.services["S"].deployment_id, "b");
+        assert_eq!(schema.services["S"].handlers["h"], HandlerKind::Shared);
+        assert_eq!(registry.endpoint_of("a").as_deref(), Some("u1"));
+    }
+}

@@ -1,0 +1,123 @@
+//! Byte layout of every storage key. Big-endian numbers, partition id first, so one
+//! partition's rows in a table are one contiguous key range (to move or snapshot it).
+//!
+//! These layouts are on-disk format: never change an existing one; add new tables instead.
+
+use crate::ids::{partition_of, InvocationId, ObjectId};
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // u16 length prefix keeps (service, key) pairs unambiguous and prefix-scannable.
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn take_str<'a>(bytes: &mut &'a [u8]) -> Option<&'a str> {
+    if bytes.len() < 2 {
+        return None;
+    }
+    let len = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
+    let s = bytes.get(2..2 + len)?;
+    *bytes = &bytes[2 + len..];
+    std::str::from_utf8(s).ok()
+}
+
+/// `invocations`: `[partition u16][id 16]`.
+pub fn invocation(id: &InvocationId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18);
+    k.extend_from_slice(&id.partition().to_be_bytes());
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// `journal`: `[partition u16][id 16][index u32]`.
+pub fn journal_entry(id: &InvocationId, index: u32) -> Vec<u8> {
+    let mut k = invocation(id);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Prefix of all journal entries of one invocation.
+pub fn journal_prefix(id: &InvocationId) -> Vec<u8> {
+    invocation(id)
+}
+
+/// `[partition u16][service str16][key str16]`: prefix of an object's rows in `state` and `inbox`.
+pub fn object_prefix(object: &ObjectId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + object.service.len() + object.key.len());
+    k.extend_from_slice(&partition_of(object.partition_key()).to_be_bytes());
+    push_str(&mut k, &object.service);
+    push_str(&mut k, &object.key);
+    k
+}
+
+/// `state`: object prefix, then the state entry's name bytes.
+pub fn state_entry(object: &ObjectId, name: &str) -> Vec<u8> {
+    let mut k = object_prefix(object);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// `inbox`: object prefix, then the entry's sequence number (u64).
+pub fn inbox_entry(object: &ObjectId, seq: u64) -> Vec<u8> {
+    let mut k = object_prefix(object);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Splits a `state` or `inbox` key into its object and the rest.
+pub fn split_object_key(key: &[u8]) -> Option<(ObjectId, &[u8])> {
+    let mut rest = key.get(2..)?;
+    let service = take_str(&mut rest)?.to_owned();
+    let object_key = take_str(&mut rest)?.to_owned();
+    Some((
+        ObjectId {
+            service,
+            key: object_key,
+        },
+        rest,
+    ))
+}
+
+/// `idempotency`: `[partition u16][service str16][key str16][handler str16][idempotency key]`.
+pub fn idempotency(partition_key: u64, target: &Target<'_>, idempotency_key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(32 + idempotency_key.len());
+    k.extend_from_slice(&partition_of(partition_key).to_be_bytes());
+    push_str(&mut k, target.service);
+    push_str(&mut k, target.key);
+    push_str(&mut k, target.handler);
+    k.extend_from_slice(idempotency_key.as_bytes());
+    k
+}
+
+/// The (service, key, handler) an idempotency key is scoped to.
+pub struct Target<'a> {
+    pub service: &'a str,
+    pub key: &'a str,
+    pub handler: &'a str,
+}
+
+/// `deployments`: the deployment id (cluster metadata, not partitioned).
+pub fn deployment(id: &str) -> Vec<u8> {
+    id.as_bytes().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_keys_split_back() {
+        let object = ObjectId::new("Counter", "k/1");
+        let key = inbox_entry(&object, 7);
+        let (parsed, rest) = split_object_key(&key).unwrap();
+        assert_eq!(parsed, object);
+        assert_eq!(rest, 7u64.to_be_bytes());
+    }
+
+    #[test]
+    fn object_prefix_does_not_cover_longer_keys() {
+        let a = object_prefix(&ObjectId::new("C", "k"));
+        let b = state_entry(&ObjectId::new("C", "kk"), "x");
+        assert!(!b.starts_with(&a));
+    }
+}

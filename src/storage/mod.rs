@@ -1,0 +1,316 @@
+//! Durable storage: the only module that touches fjall.
+//!
+//! Reads go straight to fjall (they are thread-safe and mostly served from memory); every
+//! write goes through the group-commit [`Writer`], which fdatasyncs before it answers.
+//! Call the blocking reads from a blocking context (`web::block`, `spawn_blocking`) or
+//! only where a short wait is acceptable (start-up, actor activation).
+
+pub mod keys;
+pub mod records;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::ids::{InvocationId, ObjectId};
+use crate::journal::Entry;
+pub use records::*;
+pub use writer::{Table, WriteBatch, Writer, WriterStats};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage I/O error: {0}")]
+    Io(String),
+    #[error("corrupt record in table {table}: {message}")]
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
+    #[error("storage writer queue is full")]
+    Overloaded,
+    #[error("storage writer has stopped")]
+    Stopped,
+}
+
+impl From<fjall::Error> for StorageError {
+    fn from(e: fjall::Error) -> Self {
+        Self::Io(e.to_string())
+    }
+}
+
+/// Encodes a stored value (MessagePack, named fields).
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(value).expect("storage types always serialize")
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StorageError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StorageError::Corrupt {
+        table,
+        message: e.to_string(),
+    })
+}
+
+/// Open keyspaces. Their names are on-disk format and never change.
+#[derive(Clone)]
+pub(crate) struct Tables {
+    db: Database,
+    invocations: Keyspace,
+    journal: Keyspace,
+    state: Keyspace,
+    inbox: Keyspace,
+    idempotency: Keyspace,
+    deployments: Keyspace,
+}
+
+impl Tables {
+    fn get(&self, table: Table) -> &Keyspace {
+        match table {
+            Table::Invocations => &self.invocations,
+            Table::Journal => &self.journal,
+            Table::State => &self.state,
+            Table::Inbox => &self.inbox,
+            Table::Idempotency => &self.idempotency,
+            Table::Deployments => &self.deployments,
+        }
+    }
+}
+
+/// Read access to every table, plus the writer.
+#[derive(Clone)]
+pub struct Store {
+    tables: Tables,
+    pub writer: Writer,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Io(format!("{}: {e}", dir.display())))?;
+        let db = Database::builder(dir).open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let tables = Tables {
+            invocations: ks("invocations")?,
+            journal: ks("journal")?,
+            state: ks("state")?,
+            inbox: ks("inbox")?,
+            idempotency: ks("idempotency")?,
+            deployments: ks("deployments")?,
+            db,
+        };
+        let writer = Writer::start(tables.clone());
+        Ok(Self { tables, writer })
+    }
+
+    pub fn invocation(&self, id: &InvocationId) -> Result<Option<InvocationRecord>, StorageError> {
+        match self.tables.invocations.get(keys::invocation(id))? {
+            Some(v) => Ok(Some(decode("invocations", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn journal(&self, id: &InvocationId) -> Result<Vec<Entry>, StorageError> {
+        let mut entries = Vec::new();
+        for item in self.tables.journal.prefix(keys::journal_prefix(id)) {
+            let (key, value) = item.into_inner()?;
+            let index = u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"));
+            if index as usize != entries.len() {
+                return Err(StorageError::Corrupt {
+                    table: "journal",
+                    message: format!(
+                        "{id}: entry {index} found where {} was expected",
+                        entries.len()
+                    ),
+                });
+            }
+            entries.push(decode("journal", &value)?);
+        }
+        Ok(entries)
+    }
+
+    pub fn object_state(&self, object: &ObjectId) -> Result<BTreeMap<String, Bytes>, StorageError> {
+        let prefix = keys::object_prefix(object);
+        let mut state = BTreeMap::new();
+        for item in self.tables.state.prefix(&prefix) {
+            let (key, value) = item.into_inner()?;
+            let name = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            state.insert(name, Bytes::copy_from_slice(&value));
+        }
+        Ok(state)
+    }
+
+    /// The object's inbox in order: (sequence number, invocation).
+    pub fn inbox(&self, object: &ObjectId) -> Result<Vec<(u64, InvocationId)>, StorageError> {
+        let prefix = keys::object_prefix(object);
+        let mut rows = Vec::new();
+        for item in self.tables.inbox.prefix(&prefix) {
+            let (key, value) = item.into_inner()?;
+            let seq = u64::from_be_bytes(key[prefix.len()..].try_into().map_err(|_| {
+                StorageError::Corrupt {
+                    table: "inbox",
+                    message: "bad sequence number".into(),
+                }
+            })?);
+            rows.push((seq, decode("inbox", &value)?));
+        }
+        Ok(rows)
+    }
+
+    /// Every object with a non-empty inbox (to re-activate on start).
+    pub fn objects_with_inbox(&self) -> Result<Vec<ObjectId>, StorageError> {
+        let mut objects: Vec<ObjectId> = Vec::new();
+        for item in self.tables.inbox.iter() {
+            let key = item.key()?;
+            let (object, _) = keys::split_object_key(&key).ok_or(StorageError::Corrupt {
+                table: "inbox",
+                message: "bad key".into(),
+            })?;
+            if objects.last() != Some(&object) {
+                objects.push(object);
+            }
+        }
+        objects.dedup();
+        Ok(objects)
+    }
+
+    /// Every invocation that has not finished, for recovery on start.
+    pub fn unfinished_invocations(
+        &self,
+    ) -> Result<Vec<(InvocationId, InvocationRecord)>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.tables.invocations.iter() {
+            let (key, value) = item.into_inner()?;
+            let record: InvocationRecord = decode("invocations", &value)?;
+            if !record.status.is_finished() {
+                let id = InvocationId(key[2..18].try_into().expect("16 bytes"));
+                out.push((id, record));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn idempotency(&self, key: &[u8]) -> Result<Option<IdempotencyRecord>, StorageError> {
+        match self.tables.idempotency.get(key)? {
+            Some(v) => Ok(Some(decode("idempotency", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.tables.deployments.iter() {
+            let value = item.value()?;
+            out.push(decode("deployments", &value)?);
+        }
+        Ok(out)
+    }
+
+    /// Finished invocations (and their journals and idempotency rows) past their retention.
+    pub fn expired_invocations(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(InvocationId, InvocationRecord)>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.tables.invocations.iter() {
+            let (key, value) = item.into_inner()?;
+            let record: InvocationRecord = decode("invocations", &value)?;
+            if record.expires_at_ms.is_some_and(|t| t <= now_ms) {
+                out.push((
+                    InvocationId(key[2..18].try_into().expect("16 bytes")),
+                    record,
+                ));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn journal_keys(&self, id: &InvocationId) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.tables.journal.prefix(keys::journal_prefix(id)) {
+            out.push(item.key()?.to_vec());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Entry;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn committed_batches_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = InvocationId::new(7);
+        let object = ObjectId::new("Counter", "a");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = WriteBatch::new();
+            batch.put(
+                Table::Journal,
+                keys::journal_entry(&id, 0),
+                encode(&Entry::Input {
+                    value: b"1".to_vec(),
+                }),
+            );
+            batch.put(
+                Table::State,
+                keys::state_entry(&object, "count"),
+                b"41".to_vec(),
+            );
+            batch.put(Table::Inbox, keys::inbox_entry(&object, 3), encode(&id));
+            rt().block_on(store.writer.commit(batch)).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.journal(&id).unwrap().len(), 1);
+        assert_eq!(
+            store.object_state(&object).unwrap()["count"],
+            Bytes::from_static(b"41")
+        );
+        assert_eq!(store.inbox(&object).unwrap(), vec![(3, id)]);
+        assert_eq!(store.objects_with_inbox().unwrap(), vec![object]);
+    }
+
+    #[test]
+    fn concurrent_commits_share_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        rt().block_on(async {
+            let futures: Vec<_> = (0..200u32)
+                .map(|i| {
+                    let mut b = WriteBatch::new();
+                    b.put(
+                        Table::Journal,
+                        keys::journal_entry(&InvocationId::new(1), i),
+                        vec![1],
+                    );
+                    store.writer.commit(b)
+                })
+                .collect();
+            for f in futures {
+                f.await.unwrap();
+            }
+        });
+        let fsyncs = store
+            .writer
+            .stats
+            .fsyncs
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(fsyncs < 200, "expected grouped fsyncs, got {fsyncs}");
+    }
+}

@@ -1,0 +1,146 @@
+//! Group commit: one thread drains every pending commit into one fjall batch and one
+//! fdatasync, then completes all their waiters. Concurrent invocations share fsyncs; nothing
+//! is acknowledged before its batch is on disk.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use fjall::PersistMode;
+use tokio::sync::oneshot;
+
+use super::{StorageError, Tables};
+
+/// Tables a batch can write. The order of variants is not stored anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    Invocations,
+    Journal,
+    State,
+    Inbox,
+    Idempotency,
+    Deployments,
+}
+
+enum Op {
+    Put(Table, Vec<u8>, Vec<u8>),
+    Delete(Table, Vec<u8>),
+}
+
+/// Writes that must become durable together (one step: entry + state + inbox + ...).
+#[derive(Default)]
+pub struct WriteBatch {
+    ops: Vec<Op>,
+}
+
+impl WriteBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op::Put(table, key, value));
+    }
+
+    pub fn delete(&mut self, table: Table, key: Vec<u8>) {
+        self.ops.push(Op::Delete(table, key));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+struct Request {
+    batch: WriteBatch,
+    done: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// Counters of the writer, for metrics and benchmarks.
+#[derive(Default)]
+pub struct WriterStats {
+    pub commits: AtomicU64,
+    pub fsyncs: AtomicU64,
+}
+
+/// Handle to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: SyncSender<Request>,
+    pub stats: Arc<WriterStats>,
+}
+
+/// Commits waiting for the writer beyond which `commit` answers `Overloaded`.
+const QUEUE_CAPACITY: usize = 65_536;
+/// Largest number of commits folded into one fdatasync.
+const GROUP_MAX: usize = 4096;
+
+impl Writer {
+    pub(super) fn start(tables: Tables) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+        let stats = Arc::new(WriterStats::default());
+        let thread_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("kiln-storage-writer".into())
+            .spawn(move || run(tables, rx, thread_stats))
+            .expect("spawn storage writer thread");
+        Self { tx, stats }
+    }
+
+    /// Queues `batch`; the returned future resolves once it is fdatasync'ed.
+    pub fn commit(
+        &self,
+        batch: WriteBatch,
+    ) -> impl std::future::Future<Output = Result<(), StorageError>> + 'static {
+        let (done, rx) = oneshot::channel();
+        let queued = match self.tx.try_send(Request { batch, done }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(StorageError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(StorageError::Stopped),
+        };
+        async move {
+            match queued {
+                Ok(rx) => rx.await.unwrap_or(Err(StorageError::Stopped)),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+fn run(tables: Tables, rx: Receiver<Request>, stats: Arc<WriterStats>) {
+    let mut group: Vec<Request> = Vec::with_capacity(GROUP_MAX);
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let _span = tracing::trace_span!("storage.commit", commits = group.len()).entered();
+        let mut batch = tables.db.batch().durability(Some(PersistMode::SyncData));
+        for request in &mut group {
+            for op in request.batch.ops.drain(..) {
+                match op {
+                    Op::Put(t, k, v) => batch.insert(tables.get(t), k, v),
+                    Op::Delete(t, k) => batch.remove(tables.get(t), k),
+                }
+            }
+        }
+        let result = batch.commit().map_err(|e| StorageError::Io(e.to_string()));
+        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        stats
+            .commits
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        let failed = result.is_err();
+        for request in group.drain(..) {
+            let _ = request.done.send(result.clone());
+        }
+        if failed {
+            // A failed fdatasync leaves the page cache in an unknown state: fail-stop rather
+            // than acknowledge anything that might not be on disk.
+            tracing::error!(error = ?result, "storage commit failed; stopping the node");
+            std::process::exit(70);
+        }
+    }
+}
