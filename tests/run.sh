@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: Kotlin SDK unit tests (protocol transcripts) and example jars via
+# Maven, then Rust unit, component and end-to-end tests (real kiln binary, real Kotlin services).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "==> Kotlin SDK tests and example jars"
+mvn -B -q -f examples/pom.xml install
+echo "==> Rust tests"
+cargo test --locked
