@@ -13,7 +13,7 @@ steps_port=${STEPS_PORT:-9081}
 export KILN_INGRESS_ADDR=$ingress KILN_ADMIN_ADDR=$admin
 
 echo "==> building the Kotlin SDK and examples (Maven)"
-mvn -B -q -f examples/pom.xml install -DskipTests
+mvn -B -q -Dkotlin.compiler.daemon=false -f examples/pom.xml install -DskipTests
 echo "==> building kiln (cargo, release)"
 cargo build --release --quiet
 

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "==> Kotlin SDK tests and example jars"
-mvn -B -q -f examples/pom.xml install
+mvn -B -q -Dkotlin.compiler.daemon=false -f examples/pom.xml install
 echo "==> Rust tests"
 cargo test --locked

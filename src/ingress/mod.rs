@@ -89,37 +89,38 @@ fn parse_target(
     let Some(service) = schema.services.get(&service_name) else {
         return Err(ApiError::not_found(format!("service {service_name:?} not found; registered services: GET /services on the admin API")));
     };
-    let target =
-        match (service.kind, segments.as_slice()) {
-            (ServiceKind::Service, [_, h]) => Target {
-                service: service_name,
-                key: String::new(),
-                handler: decode(h)?,
-                send: false,
-            },
-            (ServiceKind::Service, [_, h, "send"]) => Target {
-                service: service_name,
-                key: String::new(),
-                handler: decode(h)?,
-                send: true,
-            },
-            (ServiceKind::VirtualObject, [_, k, h]) => Target {
-                service: service_name,
-                key: decode(k)?,
-                handler: decode(h)?,
-                send: false,
-            },
-            (ServiceKind::VirtualObject, [_, k, h, "send"]) => Target {
-                service: service_name,
-                key: decode(k)?,
-                handler: decode(h)?,
-                send: true,
-            },
-            (ServiceKind::VirtualObject, [_, _]) => return Err(ApiError::bad_request(format!(
+    let target = match (service.kind, segments.as_slice()) {
+        (ServiceKind::Service, [_, h]) => Target {
+            service: service_name,
+            key: String::new(),
+            handler: decode(h)?,
+            send: false,
+        },
+        (ServiceKind::Service, [_, h, "send"]) => Target {
+            service: service_name,
+            key: String::new(),
+            handler: decode(h)?,
+            send: true,
+        },
+        (ServiceKind::VirtualObject, [_, k, h]) => Target {
+            service: service_name,
+            key: decode(k)?,
+            handler: decode(h)?,
+            send: false,
+        },
+        (ServiceKind::VirtualObject, [_, k, h, "send"]) => Target {
+            service: service_name,
+            key: decode(k)?,
+            handler: decode(h)?,
+            send: true,
+        },
+        (ServiceKind::VirtualObject, [_, _]) => {
+            return Err(ApiError::bad_request(format!(
                 "{service_name} is a virtual object: call POST /{service_name}/{{key}}/{{handler}}"
-            ))),
-            _ => return Err(ApiError::not_found(format!("no route for POST {path}"))),
-        };
+            )))
+        }
+        _ => return Err(ApiError::not_found(format!("no route for POST {path}"))),
+    };
     if target.key.len() > OBJECT_KEY_MAX_BYTES {
         return Err(ApiError::bad_request(format!(
             "object key longer than {OBJECT_KEY_MAX_BYTES} bytes"

@@ -129,6 +129,17 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
             },
         );
         let record = inv.record.clone();
+        let mut running = inv.record.clone();
+        running.status = InvocationStatus::Running;
+        running.modified_at_ms = now_ms();
+        let running_row = encode(&running);
+        let on_first_commit = |batch: &mut WriteBatch| {
+            batch.put(
+                Table::Invocations,
+                keys::invocation(&id),
+                running_row.clone(),
+            )
+        };
         let on_output = |batch: &mut WriteBatch, output: &Output| {
             finish_writes(
                 &node,
@@ -151,6 +162,7 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
             state: state.as_deref(),
             writer: &node.store.writer,
             on_output: &on_output,
+            on_first_commit: &on_first_commit,
             max_frame_bytes: node.config.max_frame_bytes,
             inactivity_timeout: Duration::from_millis(node.config.attempt_inactivity_timeout_ms),
         }

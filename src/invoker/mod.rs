@@ -85,6 +85,9 @@ pub struct Attempt<'a> {
     pub writer: &'a Writer,
     /// Adds the writes that finish the invocation to the batch holding its output entry.
     pub on_output: &'a (dyn Fn(&mut WriteBatch, &Output) + Sync),
+    /// Adds the record of this attempt (status, attempt count) to the attempt's first batch, so
+    /// an attempt that made progress is on disk at no extra fsync.
+    pub on_first_commit: &'a (dyn Fn(&mut WriteBatch) + Sync),
     pub max_frame_bytes: usize,
     pub inactivity_timeout: Duration,
 }
@@ -174,10 +177,14 @@ impl Attempt<'_> {
     fn write_batch(
         &self,
         commit: &PendingCommit,
+        first: bool,
         written: &mut std::collections::BTreeSet<String>,
     ) -> WriteBatch {
         let first_index = commit.first_index;
         let mut batch = WriteBatch::new();
+        if first {
+            (self.on_first_commit)(&mut batch);
+        }
         for (i, entry) in commit.entries.iter().enumerate() {
             batch.put(
                 Table::Journal,
@@ -270,6 +277,7 @@ impl Attempt<'_> {
         // Entries that need no ACK wait here and ride with the next `run` or `output`.
         let mut pending = PendingCommit::empty(next_index);
         let mut written = std::collections::BTreeSet::new();
+        let mut commits_sent = 0usize;
         loop {
             tokio::select! {
                 chunk = body.next(), if !body_done => {
@@ -321,7 +329,8 @@ impl Attempt<'_> {
                             if needs_ack {
                                 output_sent |= pending.output.is_some();
                                 let ready = std::mem::replace(&mut pending, PendingCommit::empty(next_index));
-                                let batch = self.write_batch(&ready, &mut written);
+                                let batch = self.write_batch(&ready, commits_sent == 0, &mut written);
+                                commits_sent += 1;
                                 let commit = self.writer.commit(batch);
                                 commits.push_back(async move { (commit.await, ready) });
                             }

@@ -26,9 +26,13 @@ internal interface FrameSource {
     fun next(): Frame?
 }
 
-/** Where an attempt's outgoing frames go. Thread-safe; every frame is flushed on its own. */
+/** Where an attempt's outgoing frames go. Thread-safe. */
 internal interface FrameSink {
-    fun send(type: Int, body: ByteArray)
+    /**
+     * Writes one frame. With [flush] false the frame may wait in a buffer until the next flushed
+     * frame: used for entries the runtime only commits together with the next `run` or `output`.
+     */
+    fun send(type: Int, body: ByteArray, flush: Boolean = true)
     fun close()
 }
 
@@ -42,13 +46,13 @@ internal class StreamClosedException(message: String, cause: Throwable? = null) 
 internal class StreamFrameSink(private val out: OutputStream) : FrameSink {
     private var closed = false
 
-    override fun send(type: Int, body: ByteArray) {
+    override fun send(type: Int, body: ByteArray, flush: Boolean) {
         val bytes = FrameCodec.encode(type, body) // outside the lock; throws ProtocolException when too big
         synchronized(this) {
             if (closed) throw StreamClosedException("response stream already closed")
             try {
                 out.write(bytes)
-                out.flush()
+                if (flush) out.flush()
             } catch (e: IOException) {
                 closed = true
                 throw StreamClosedException("response stream broke: ${e.message}", e)
@@ -263,7 +267,9 @@ internal class Invocation(
             )
         }
         try {
-            sink.send(FrameType.ENTRY, body)
+            // Entries that need no ACK ride with the next run, or with END after the output (the runtime
+            // commits them together anyway): one packet and one chunk instead of several.
+            sink.send(FrameType.ENTRY, body, flush = entry.kind == EntryKind.RUN)
         } catch (e: IOException) {
             finished.set(true)
             throw CancellationException("response stream closed: ${e.message}")
