@@ -270,6 +270,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     node.recover()?;
     actix_rt::spawn(node.clone().sweep());
+    actix_rt::spawn(ObjectRegistry::supervise(
+        node.clone(),
+        Duration::from_secs(1),
+    ));
 
     let data = web::Data::from(node.clone());
     let ingress_data = data.clone();

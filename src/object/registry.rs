@@ -130,6 +130,26 @@ impl ObjectRegistry {
 }
 
 impl ObjectRegistry {
+    /// Supervision: actix does not restart an actor that panicked (its mailbox just closes), so
+    /// every `interval` replace dead actors with fresh ones, whose activation reloads the inbox
+    /// and state from storage and resumes the interrupted invocation by replay.
+    pub async fn supervise(node: Arc<Node>, interval: std::time::Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            let mut actors = node.objects.actors.lock().expect("registry lock");
+            let dead: Vec<ObjectId> = actors
+                .iter()
+                .filter(|(_, s)| !s.addr.connected())
+                .map(|(o, _)| o.clone())
+                .collect();
+            for object in dead {
+                tracing::error!(%object, "object.actor_died; restarting it from storage");
+                let slot = node.objects.start(&node, &object);
+                actors.insert(object, slot);
+            }
+        }
+    }
+
     /// Starts the object's actor (its activation resumes its inbox) if it is not running.
     pub fn activate(&self, node: &Arc<Node>, object: &ObjectId) {
         let mut actors = self.actors.lock().expect("registry lock");
