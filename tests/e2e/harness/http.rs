@@ -32,6 +32,21 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Reads a whole response; `what` names the request in errors.
+    async fn read(resp: reqwest::Response, what: &str) -> Result<Resp> {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .bytes()
+            .await
+            .with_context(|| format!("{what}: reading body"))?;
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -143,17 +158,7 @@ impl Http {
             .send()
             .await
             .with_context(|| format!("{method} {url}"))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .with_context(|| format!("{method} {url}: reading body"))?;
-        Ok(Resp {
-            status,
-            headers,
-            body,
-        })
+        Resp::read(resp, &format!("{method} {url}")).await
     }
 
     pub async fn get(&self, url: &str) -> Result<Resp> {
@@ -208,17 +213,7 @@ impl Http {
             .send()
             .await
             .with_context(|| format!("POST (chunked) {url}"))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .with_context(|| format!("POST {url}: reading body"))?;
-        Ok(Resp {
-            status,
-            headers,
-            body,
-        })
+        Resp::read(resp, &format!("POST {url}")).await
     }
 }
 
