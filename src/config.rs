@@ -37,6 +37,8 @@ pub struct Config {
     pub object_idle_ms: u64,
     /// An attempt whose SDK endpoint sends nothing for this long is aborted and retried.
     pub attempt_inactivity_timeout_ms: u64,
+    /// How long the SDK may wait for a completion before it suspends the attempt.
+    pub suspend_after_ms: u32,
     /// Largest frame accepted from an SDK endpoint.
     pub max_frame_bytes: usize,
     /// Number of threads running object actors (0 = one per CPU).
@@ -62,6 +64,7 @@ impl Default for Config {
             max_inflight_invocations: 50_000,
             object_idle_ms: 60_000,
             attempt_inactivity_timeout_ms: 300_000,
+            suspend_after_ms: 1_000,
             max_frame_bytes: 16 * 1024 * 1024,
             actor_threads: 0,
             ingress_threads: 0,
@@ -81,8 +84,19 @@ impl Config {
         Duration::from_millis(ms)
     }
 
-    pub fn retries_exhausted(&self, attempts: u32) -> bool {
-        self.retry_max_attempts != 0 && attempts >= self.retry_max_attempts
+    /// `retry_delay` with a handler's own interval overrides.
+    pub fn retry_delay_with(
+        &self,
+        failed_attempts: u32,
+        initial_ms: Option<u64>,
+        max_ms: Option<u64>,
+    ) -> Duration {
+        let c = Config {
+            retry_initial_ms: initial_ms.unwrap_or(self.retry_initial_ms).max(1),
+            retry_max_ms: max_ms.unwrap_or(self.retry_max_ms),
+            ..Config::default()
+        };
+        c.retry_delay(failed_attempts)
     }
 
     pub fn validate(&self) -> Result<(), String> {

@@ -156,3 +156,39 @@ mod tests {
         );
     }
 }
+
+/// The id of the awakeable journaled at `index` of invocation `id` (derived, never stored).
+pub fn awakeable_id(id: &InvocationId, index: u32) -> String {
+    format!("awk_{}{index:08x}", &id.to_string()[4..])
+}
+
+/// Splits an awakeable id into its invocation and journal index.
+pub fn parse_awakeable_id(s: &str) -> Result<(InvocationId, u32), MalformedAwakeableId> {
+    let bad = || MalformedAwakeableId(s.chars().take(80).collect());
+    let hex = s
+        .strip_prefix("awk_")
+        .filter(|h| h.len() == 40)
+        .ok_or_else(bad)?;
+    let id: InvocationId = format!("inv_{}", &hex[..32]).parse().map_err(|_| bad())?;
+    let index = u32::from_str_radix(&hex[32..], 16).map_err(|_| bad())?;
+    Ok((id, index))
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed awakeable id {0:?}: expected 'awk_' followed by 40 lowercase hex digits")]
+pub struct MalformedAwakeableId(pub String);
+
+#[cfg(test)]
+mod awakeable_tests {
+    use super::*;
+
+    #[test]
+    fn awakeable_ids_round_trip() {
+        let id = InvocationId::new(42);
+        let awk = awakeable_id(&id, 10);
+        assert!(awk.ends_with("0000000a"), "{awk}");
+        assert_eq!(parse_awakeable_id(&awk), Ok((id, 10)));
+        assert!(parse_awakeable_id("awk_123").is_err());
+        assert!(parse_awakeable_id(&awk.replace("awk_", "inv_")).is_err());
+    }
+}

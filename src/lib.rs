@@ -2,6 +2,8 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
+pub mod delivery;
 pub mod http_error;
 pub mod ids;
 pub mod ingress;
@@ -12,3 +14,4 @@ pub mod node;
 pub mod object;
 pub mod schema;
 pub mod storage;
+pub mod timers;

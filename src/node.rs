@@ -1,24 +1,31 @@
-//! A Kiln node: opens storage, recovers unfinished invocations, and serves ingress and admin.
-//! Also the one place that turns a request into a durable invocation (`submit`).
+//! A Kiln node: opens storage, recovers, and serves ingress and admin. Also the one place that
+//! turns a request or a message into a durable invocation (`create`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::Arbiter;
 use actix_web::{web, App, HttpServer};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::ids::{stable_hash, InvocationId, ObjectId};
-use crate::invocation::{drive, uses_actor, Invocation, LiveTable, Waiters};
+use crate::invocation::{drive, Invocation, LiveTable, Waiters};
+use crate::invoker::AttemptSignal;
 use crate::journal::{Entry, Output};
 use crate::object::{ObjectMsg, ObjectRegistry, SubmitError};
 use crate::schema::SchemaRegistry;
 use crate::storage::{
-    keys, now_ms, HandlerKind, InvocationRecord, InvocationStatus, StorageError, Store, Table,
-    WriteBatch,
+    keys, now_ms, HandlerKind, InvocationRecord, InvocationStatus, InvokeMessage, StorageError,
+    Store, Table, TimerRecord, WriteBatch,
 };
+use crate::timers::TimerService;
+
+/// Lock stripes serialising completions, suspensions, cancels and promise operations per
+/// invocation or workflow object.
+const STRIPES_COUNT: usize = 256;
 
 pub struct Node {
     pub config: Config,
@@ -27,13 +34,22 @@ pub struct Node {
     pub objects: ObjectRegistry,
     pub waiters: Waiters,
     pub live: LiveTable,
+    pub timers: TimerService,
     /// Unfinished invocations held by this node (bounded by `max_inflight_invocations`).
     inflight: AtomicUsize,
-    /// Serialises idempotency-key look-ups so that concurrent duplicates start one invocation.
+    /// Serialises idempotency-key and workflow-key look-ups so duplicates start one invocation.
     idempotency_gate: tokio::sync::Mutex<()>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Signal channels of running attempts.
+    pub(crate) attempts: Mutex<HashMap<InvocationId, mpsc::Sender<AttemptSignal>>>,
+    /// Suspended invocations and the entries they wait on.
+    pub(crate) suspended: Mutex<HashMap<InvocationId, Vec<u32>>>,
+    pub(crate) kill_requests: Mutex<HashSet<InvocationId>>,
+    pub(crate) cancel_requests: Mutex<HashSet<InvocationId>>,
+    outbox_seq: AtomicU64,
 }
 
-/// What a caller asked to run.
+/// What an ingress caller asked to run.
 pub struct Request {
     pub service: String,
     pub handler: String,
@@ -42,6 +58,7 @@ pub struct Request {
     pub deployment_id: String,
     pub input: Vec<u8>,
     pub idempotency_key: Option<String>,
+    pub delay: Option<Duration>,
 }
 
 /// The result of `submit`: the invocation and whether it already existed (idempotency).
@@ -50,95 +67,202 @@ pub struct Submitted {
     pub existing: bool,
 }
 
-impl Node {
-    pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
-    }
+/// A new invocation plus writes that must commit with its creation (e.g. deleting the outbox
+/// row or timer that carried it).
+pub struct Creation {
+    pub invocation: Invocation,
+    pub extra: WriteBatch,
+}
 
-    /// Makes `request` a durable invocation and starts it. Returns once it is on disk.
-    pub async fn submit(self: &Arc<Self>, request: Request) -> Result<Submitted, SubmitError> {
-        let partition_key = match (request.kind, &request.idempotency_key) {
-            (HandlerKind::Stateless, None) => fastrand::u64(..),
-            (HandlerKind::Stateless, Some(k)) => stable_hash(&[
-                request.service.as_bytes(),
-                request.handler.as_bytes(),
-                k.as_bytes(),
-            ]),
-            _ => ObjectId::new(&request.service, &request.key).partition_key(),
-        };
-        let id = InvocationId::new(partition_key);
+/// Id of the run of workflow (service, key): deterministic, so a second run finds the first.
+pub fn workflow_run_id(object: &ObjectId) -> InvocationId {
+    let mut id = InvocationId::new(object.partition_key());
+    id.0[8..].copy_from_slice(
+        &stable_hash(&[
+            b"workflow",
+            object.service.as_bytes(),
+            object.key.as_bytes(),
+        ])
+        .to_be_bytes(),
+    );
+    id
+}
+
+impl InvokeMessage {
+    /// The invocation this message creates.
+    pub fn into_invocation(self) -> Invocation {
         let now = now_ms();
-        let invocation = Invocation {
-            id,
+        let scheduled = self.not_before_ms.is_some_and(|t| t > now);
+        Invocation {
+            id: self.id,
             record: InvocationRecord {
-                service: request.service,
-                handler: request.handler,
-                key: request.key,
-                kind: request.kind,
-                deployment_id: request.deployment_id,
-                status: InvocationStatus::Pending,
+                service: self.service,
+                handler: self.handler,
+                key: self.key,
+                kind: self.kind,
+                deployment_id: self.deployment_id,
+                status: if scheduled {
+                    InvocationStatus::Scheduled
+                } else {
+                    InvocationStatus::Pending
+                },
                 attempts: 0,
                 last_error: None,
                 next_retry_at_ms: None,
                 created_at_ms: now,
                 modified_at_ms: now,
-                idempotency_key: request.idempotency_key,
+                idempotency_key: self.idempotency_key,
                 inbox_seq: None,
                 output: None,
                 expires_at_ms: None,
+                caller: self.caller,
+                call_chain: self.call_chain,
+                waiting_on: Vec::new(),
+                cancel_requested: false,
+                not_before_ms: self.not_before_ms.filter(|_| scheduled),
             },
-            journal: vec![Entry::Input {
-                value: request.input,
-            }],
+            journal: vec![Entry::Input { value: self.input }],
+        }
+    }
+}
+
+impl Node {
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn stripe(&self, id: &InvocationId) -> &tokio::sync::Mutex<()> {
+        &self.stripes[(stable_hash(&[&id.0]) % STRIPES_COUNT as u64) as usize]
+    }
+
+    pub(crate) fn object_stripe(&self, object: &ObjectId) -> &tokio::sync::Mutex<()> {
+        &self.stripes[(object.partition_key() % STRIPES_COUNT as u64) as usize]
+    }
+
+    /// A fresh outbox key in `partition`, ordered after every earlier one.
+    pub(crate) fn next_outbox_key(&self, partition: u16) -> Vec<u8> {
+        keys::outbox(partition, self.outbox_seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Makes an ingress `request` a durable invocation and starts it. Returns once it is on disk.
+    pub async fn submit(self: &Arc<Self>, request: Request) -> Result<Submitted, SubmitError> {
+        let object = ObjectId::new(&request.service, &request.key);
+        let id = match (request.kind, &request.idempotency_key) {
+            (HandlerKind::Workflow, _) => workflow_run_id(&object),
+            (HandlerKind::Stateless, None) => InvocationId::new(fastrand::u64(..)),
+            (HandlerKind::Stateless, Some(k)) => InvocationId::new(stable_hash(&[
+                request.service.as_bytes(),
+                request.handler.as_bytes(),
+                k.as_bytes(),
+            ])),
+            _ => InvocationId::new(object.partition_key()),
         };
-        let Some(row) = invocation.idempotency_row() else {
-            return self.start(invocation).await.map(|()| Submitted {
-                id,
-                existing: false,
-            });
+        let message = InvokeMessage {
+            id,
+            service: request.service,
+            handler: request.handler,
+            key: request.key,
+            kind: request.kind,
+            deployment_id: request.deployment_id,
+            input: request.input,
+            caller: None,
+            call_chain: Vec::new(),
+            not_before_ms: request.delay.map(|d| now_ms() + d.as_millis() as u64),
+            idempotency_key: request.idempotency_key,
         };
+        let invocation = message.into_invocation();
+        let dedup_row = invocation.idempotency_row();
+        if dedup_row.is_none() && request.kind != HandlerKind::Workflow {
+            return self
+                .create(Creation {
+                    invocation,
+                    extra: WriteBatch::new(),
+                })
+                .await
+                .map(|()| Submitted {
+                    id,
+                    existing: false,
+                });
+        }
         let _gate = self.idempotency_gate.lock().await;
         let store = self.store.clone();
-        let lookup = row.clone();
-        let found = tokio::task::spawn_blocking(move || store.idempotency(&lookup))
+        let existing =
+            tokio::task::spawn_blocking(move || -> Result<Option<InvocationId>, StorageError> {
+                Ok(match dedup_row {
+                    Some(row) => store.idempotency(&row)?.map(|r| r.invocation_id),
+                    None => store.invocation(&id)?.map(|_| id),
+                })
+            })
             .await
             .map_err(|e| StorageError::Io(e.to_string()))??;
-        if let Some(existing) = found {
+        if let Some(existing) = existing {
             return Ok(Submitted {
-                id: existing.invocation_id,
+                id: existing,
                 existing: true,
             });
         }
         // Holding the gate until the creation batch is durable makes the next look-up see it.
-        self.start(invocation).await.map(|()| Submitted {
+        self.create(Creation {
+            invocation,
+            extra: WriteBatch::new(),
+        })
+        .await
+        .map(|()| Submitted {
             id,
             existing: false,
         })
     }
 
-    async fn start(self: &Arc<Self>, invocation: Invocation) -> Result<(), SubmitError> {
+    /// Persists a new invocation (with `extra`) and starts it — or, if it is scheduled for
+    /// later, persists it with its timer.
+    pub(crate) async fn create(self: &Arc<Self>, creation: Creation) -> Result<(), SubmitError> {
+        let Creation { invocation, extra } = creation;
+        if invocation.record.status == InvocationStatus::Scheduled {
+            let due = invocation.record.not_before_ms.unwrap_or(0);
+            let timer_key = keys::timer(&invocation.id, due, u32::MAX);
+            let timer = TimerRecord::Activate {
+                invocation: invocation.id,
+            };
+            let mut batch = invocation.creation_batch();
+            batch.append(extra);
+            batch.put(
+                Table::Timers,
+                timer_key.clone(),
+                crate::storage::encode(&timer),
+            );
+            self.store.writer.commit(batch).await?;
+            self.timers.register(timer_key, due, timer);
+            return Ok(());
+        }
         if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.config.max_inflight_invocations {
             self.inflight.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::TooManyInvocations);
         }
-        let result = if uses_actor(invocation.record.kind) {
-            let (reply, rx) = oneshot::channel();
-            let object = invocation.object();
-            match self
-                .objects
-                .send(self, &object, ObjectMsg::Submit { invocation, reply })
-            {
-                Ok(()) => rx.await.unwrap_or(Err(SubmitError::Stopped)),
-                Err(e) => Err(e),
-            }
-        } else {
-            match self.store.writer.commit(invocation.creation_batch()).await {
+        let result = if invocation.record.kind == HandlerKind::Stateless {
+            let mut batch = invocation.creation_batch();
+            batch.append(extra);
+            match self.store.writer.commit(batch).await {
                 Ok(()) => {
                     // Stateless: run on this thread, no hop.
                     actix_rt::spawn(drive(self.clone(), invocation, None));
                     Ok(())
                 }
                 Err(e) => Err(e.into()),
+            }
+        } else {
+            let (reply, rx) = oneshot::channel();
+            let object = invocation.object();
+            match self.objects.send(
+                self,
+                &object,
+                ObjectMsg::Submit {
+                    invocation,
+                    extra,
+                    reply,
+                },
+            ) {
+                Ok(()) => rx.await.unwrap_or(Err(SubmitError::Stopped)),
+                Err(e) => Err(e),
             }
         };
         if result.is_err() {
@@ -150,6 +274,11 @@ impl Node {
     /// Called once an invocation's end is durable.
     pub fn finished(&self, id: InvocationId, output: &Output) {
         self.live.remove(&id);
+        self.kill_requests.lock().expect("kill lock").remove(&id);
+        self.cancel_requests
+            .lock()
+            .expect("cancel lock")
+            .remove(&id);
         self.inflight.fetch_sub(1, Ordering::AcqRel);
         self.waiters.notify(id, output);
     }
@@ -176,17 +305,34 @@ impl Node {
         }
     }
 
-    /// Re-starts every unfinished invocation found in storage.
-    fn recover(self: &Arc<Self>) -> Result<(), StorageError> {
+    /// Recovery, in an order that keeps per-sender message order: first every undelivered
+    /// outbox message, then timers, then unfinished invocations.
+    async fn recover(self: &Arc<Self>) -> Result<(), StorageError> {
+        let outbox = self.store.outbox()?;
+        let last_seq = outbox
+            .iter()
+            .filter_map(|(k, _)| k.get(2..10))
+            .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes")))
+            .max();
+        self.outbox_seq
+            .store(last_seq.map_or(0, |s| s + 1), Ordering::Relaxed);
+        let redelivered = outbox.len();
+        for (key, message) in outbox {
+            self.deliver(Some(key), message, true).await;
+        }
+        self.timers.load(&self.store)?;
         let mut resumed = 0usize;
         for object in self.store.objects_with_inbox()? {
-            // Activation rebuilds the inbox queue; an empty submit is not needed, just start it.
+            // Activation rebuilds the inbox queue and resumes its head.
             self.objects.activate(self, &object);
         }
         for (n, (id, record)) in self.store.unfinished_invocations()?.into_iter().enumerate() {
+            if record.status == InvocationStatus::Scheduled {
+                continue; // its timer activates it
+            }
             self.inflight.fetch_add(1, Ordering::AcqRel);
             resumed += 1;
-            if record.kind == HandlerKind::Exclusive {
+            if record.kind.is_exclusive() {
                 continue; // resumed through its object's inbox
             }
             let journal = self.store.journal(&id)?;
@@ -195,6 +341,13 @@ impl Node {
                 record,
                 journal,
             };
+            if invocation.record.status == InvocationStatus::Suspended && !invocation.can_resume() {
+                self.suspended
+                    .lock()
+                    .expect("suspended lock")
+                    .insert(id, invocation.record.waiting_on.clone());
+                continue;
+            }
             if invocation.record.kind == HandlerKind::Shared {
                 let object = invocation.object();
                 if let Err(e) =
@@ -205,12 +358,12 @@ impl Node {
                 }
             } else {
                 let node = self.clone();
-                self.objects
-                    .arbiter(n)
-                    .spawn(async move { drive(node, invocation, None).await });
+                self.objects.arbiter(n).spawn(async move {
+                    drive(node, invocation, None).await;
+                });
             }
         }
-        tracing::info!(resumed, "node.recovered");
+        tracing::info!(resumed, redelivered, "node.recovered");
         Ok(())
     }
 
@@ -265,15 +418,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         schema,
         waiters: Waiters::default(),
         live: LiveTable::default(),
+        timers: TimerService::default(),
         inflight: AtomicUsize::new(0),
         idempotency_gate: tokio::sync::Mutex::new(()),
+        stripes: (0..STRIPES_COUNT)
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect(),
+        attempts: Mutex::new(HashMap::new()),
+        suspended: Mutex::new(HashMap::new()),
+        kill_requests: Mutex::new(HashSet::new()),
+        cancel_requests: Mutex::new(HashSet::new()),
+        outbox_seq: AtomicU64::new(0),
     });
-    node.recover()?;
+    node.recover().await?;
     actix_rt::spawn(node.clone().sweep());
     actix_rt::spawn(ObjectRegistry::supervise(
         node.clone(),
         Duration::from_secs(1),
     ));
+    actix_rt::spawn(TimerService::run(node.clone()));
 
     let data = web::Data::from(node.clone());
     let ingress_data = data.clone();

@@ -137,25 +137,43 @@ fn payload(bytes: &[u8]) -> Value {
     }
 }
 
+/// An entry as JSON: its own fields, with byte payloads (`value`) shown as text when UTF-8.
 fn entry_json(index: usize, entry: &Entry) -> Value {
-    let mut v = json!({ "index": index, "kind": entry.kind(), "name": entry.name() });
-    match entry {
-        Entry::Input { value } | Entry::SetState { value, .. } => v["value"] = payload(value),
-        Entry::GetState { value, .. } => {
-            v["value"] = value.as_deref().map(payload).unwrap_or(Value::Null)
-        }
-        Entry::GetStateKeys { keys } => v["keys"] = json!(keys),
-        Entry::Run { value, failure, .. } | Entry::Output { value, failure } => {
-            if let Some(value) = value {
-                v["value"] = payload(value);
-            }
-            if let Some(f) = failure {
-                v["failure"] = json!({ "code": f.code, "message": f.message });
-            }
-        }
-        Entry::ClearState { .. } | Entry::ClearAllState => {}
+    let mut v = serde_json::to_value(entry).unwrap_or(Value::Null);
+    readable_payloads(&mut v);
+    if let Value::Object(map) = &mut v {
+        map.insert("index".into(), json!(index));
+        map.entry("name").or_insert(Value::Null);
     }
     v
+}
+
+fn readable_payloads(v: &mut Value) {
+    if let Value::Object(map) = v {
+        for (key, field) in map.iter_mut() {
+            match field {
+                Value::Array(items) if key == "value" => {
+                    let bytes: Option<Vec<u8>> = items
+                        .iter()
+                        .map(|i| i.as_u64().and_then(|n| u8::try_from(n).ok()))
+                        .collect();
+                    if let Some(bytes) = bytes {
+                        *field = payload(&bytes);
+                    }
+                }
+                Value::Array(items) if key == "invocation_id" => {
+                    let bytes: Option<Vec<u8>> = items
+                        .iter()
+                        .map(|i| i.as_u64().and_then(|n| u8::try_from(n).ok()))
+                        .collect();
+                    if let Some(id) = bytes.and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+                        *field = json!(InvocationId(id).to_string());
+                    }
+                }
+                other => readable_payloads(other),
+            }
+        }
+    }
 }
 
 fn invocation_json(

@@ -142,12 +142,7 @@ async fn invoke(
 ) -> Result<HttpResponse, ApiError> {
     let node: Arc<Node> = node.into_inner();
     let (target, service) = parse_target(&node, req.path())?;
-    if !req.query_string().is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "query parameters are not supported here: {:?}",
-            req.query_string()
-        )));
-    }
+    let delay = parse_delay(req.query_string(), target.send)?;
     let idempotency_key = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -163,7 +158,7 @@ async fn invoke(
         }
     };
     let input = body::read_limited(&req, payload, node.config.max_body_bytes).await?;
-    let kind = service.handlers[&target.handler];
+    let kind = service.handlers[&target.handler].kind;
     let submitted = node
         .submit(Request {
             service: target.service,
@@ -173,6 +168,7 @@ async fn invoke(
             deployment_id: service.deployment_id,
             input,
             idempotency_key,
+            delay,
         })
         .await?;
     if target.send {
@@ -192,6 +188,36 @@ async fn wait_for(node: &Node, id: InvocationId) -> Result<HttpResponse, ApiErro
         Some(output) => Ok(output_response(id, &output)),
         None => Err(ApiError::not_found(format!("invocation {id} not found"))),
     }
+}
+
+/// `?delay=10s` (also `500ms`, `2m`, `1h`, or plain milliseconds), only with `/send`.
+fn parse_delay(query: &str, send: bool) -> Result<Option<std::time::Duration>, ApiError> {
+    let mut delay = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "delay" {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {name:?}"
+            )));
+        }
+        if !send {
+            return Err(ApiError::bad_request("delay is only allowed with /send"));
+        }
+        let (digits, unit_ms) = match value {
+            v if v.ends_with("ms") => (&v[..v.len() - 2], 1),
+            v if v.ends_with('s') => (&v[..v.len() - 1], 1_000),
+            v if v.ends_with('m') => (&v[..v.len() - 1], 60_000),
+            v if v.ends_with('h') => (&v[..v.len() - 1], 3_600_000),
+            v => (v, 1),
+        };
+        let n: u64 = digits.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "malformed delay {value:?}: use e.g. 10s, 500ms, 2m, 1h"
+            ))
+        })?;
+        delay = Some(std::time::Duration::from_millis(n.saturating_mul(unit_ms)));
+    }
+    Ok(delay)
 }
 
 fn parse_id(raw: &str) -> Result<InvocationId, ApiError> {

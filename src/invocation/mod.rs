@@ -1,28 +1,42 @@
-//! The life of one invocation: creation writes, attempts with retries and back-off, and the
-//! writes that finish it. Used by object actors (virtual objects) and directly (stateless).
+//! The life of one invocation: creation writes, attempts with retries and back-off,
+//! suspension, and the writes that finish it. Used by object actors (virtual objects,
+//! workflows) and directly (stateless services).
+//!
+//! Invariant: at most one `drive` runs per invocation; it registers its attempt's signal
+//! channel and handles suspension under the invocation's stripe lock, the same lock that
+//! `Node::complete` holds, so no completion is ever missed.
 
 mod live;
 mod waiters;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 pub use live::{LiveStatus, LiveTable};
 pub use waiters::Waiters;
 
 use crate::ids::{InvocationId, ObjectId};
-use crate::invoker::{Attempt, AttemptOutcome, StateCache};
-use crate::journal::{codes, Entry, Failure, Output};
+use crate::invoker::{Attempt, AttemptOutcome, StateCache, SIGNALS_CAPACITY};
+use crate::journal::{codes, CompletionResult, Entry, Failure, Output};
 use crate::node::Node;
 use crate::storage::{
-    encode, keys, now_ms, HandlerKind, InvocationRecord, InvocationStatus, Table, WriteBatch,
+    encode, keys, now_ms, InvocationRecord, InvocationStatus, OutboxMessage, Table, WriteBatch,
 };
 
 /// An invocation in memory: its record and its durable journal.
+#[derive(Clone)]
 pub struct Invocation {
     pub id: InvocationId,
     pub record: InvocationRecord,
     pub journal: Vec<Entry>,
+}
+
+/// How `drive` returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DriveEnd {
+    /// Completed, failed or killed; durable, waiters told.
+    Finished,
+    /// Waiting for a completion; a later `Node::resume` starts it again.
+    Suspended,
 }
 
 impl Invocation {
@@ -43,7 +57,8 @@ impl Invocation {
             .map(|k| keys::idempotency(self.id.partition_key(), &target, k))
     }
 
-    /// Writes that create the invocation: its record, its input entry, its idempotency row.
+    /// Writes that create the invocation: its record, its input entry, its idempotency row,
+    /// its inbox row.
     pub fn creation_batch(&self) -> WriteBatch {
         let mut batch = WriteBatch::new();
         batch.put(
@@ -76,9 +91,29 @@ impl Invocation {
         }
         batch
     }
+
+    /// A suspended invocation may run again once one of the entries it waits on is completed.
+    pub fn can_resume(&self) -> bool {
+        self.record.waiting_on.is_empty()
+            || self.record.waiting_on.iter().any(|i| {
+                self.journal
+                    .get(*i as usize)
+                    .and_then(|e| e.result())
+                    .is_some()
+            })
+    }
+
+    /// A completable entry without a result: a new attempt must re-read the journal first.
+    fn awaits_completions(&self) -> bool {
+        self.journal.iter().any(|e| {
+            let mut e = e.clone();
+            e.result_slot().is_some_and(|slot| slot.is_none())
+        })
+    }
 }
 
-/// Adds the writes that finish `inv` with `output` and `status` to `batch`.
+/// Adds the writes that finish the invocation with `output` and `status` to `batch`; returns
+/// the message completing its caller's `call` entry, staged in the same batch.
 fn finish_writes(
     node: &Node,
     id: &InvocationId,
@@ -86,13 +121,14 @@ fn finish_writes(
     status: InvocationStatus,
     output: &Output,
     batch: &mut WriteBatch,
-) {
+) -> Option<(Vec<u8>, OutboxMessage)> {
     let mut done = record.clone();
     let now = now_ms();
     done.status = status;
     done.output = Some(output.clone());
     done.modified_at_ms = now;
     done.next_retry_at_ms = None;
+    done.waiting_on.clear();
     done.expires_at_ms = Some(now + node.config.idempotency_retention_secs * 1000);
     batch.put(Table::Invocations, keys::invocation(id), encode(&done));
     if let Some(seq) = record.inbox_seq {
@@ -101,13 +137,37 @@ fn finish_writes(
             keys::inbox_entry(&ObjectId::new(&record.service, &record.key), seq),
         );
     }
+    record.caller.map(|(caller, index)| {
+        let message = OutboxMessage::Complete {
+            target: caller,
+            index,
+            result: CompletionResult::from(output),
+        };
+        node.stage(batch, id.partition(), message)
+    })
 }
 
-/// Runs `inv` until it completes or fails for good. Returns once its end is durable and every
-/// waiter has been told.
-pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<StateCache>>) {
+/// Runs `inv` until it finishes or suspends.
+pub async fn drive(
+    node: Arc<Node>,
+    mut inv: Invocation,
+    state: Option<Arc<StateCache>>,
+) -> DriveEnd {
     let id = inv.id;
     loop {
+        if node.kill_requests.lock().expect("kill lock").contains(&id) {
+            finish(
+                &node,
+                inv,
+                InvocationStatus::Killed,
+                Failure {
+                    code: codes::KILLED,
+                    message: "killed".into(),
+                },
+            )
+            .await;
+            return DriveEnd::Finished;
+        }
         let Some(endpoint) = node.schema.endpoint_of(&inv.record.deployment_id) else {
             let failure = Failure {
                 code: codes::PROTOCOL_VIOLATION,
@@ -116,9 +176,32 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
                     inv.record.deployment_id
                 ),
             };
-            return fail(&node, inv, failure).await;
+            finish(&node, inv, InvocationStatus::Failed, failure).await;
+            return DriveEnd::Finished;
+        };
+        // Register for completions; re-read the journal if completions may have landed.
+        let signals = {
+            let _guard = node.stripe(&id).lock().await;
+            if inv.awaits_completions() {
+                match crate::control::load(&node, id).await {
+                    Ok(Some(fresh)) => inv.journal = fresh.journal,
+                    Ok(None) => return DriveEnd::Finished,
+                    Err(e) => {
+                        tracing::warn!(invocation_id = %id, error = %e, "cannot refresh journal")
+                    }
+                }
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(SIGNALS_CAPACITY);
+            node.attempts.lock().expect("attempts lock").insert(id, tx);
+            node.suspended.lock().expect("suspended lock").remove(&id);
+            rx
         };
         inv.record.attempts += 1;
+        inv.record.cancel_requested |= node
+            .cancel_requests
+            .lock()
+            .expect("cancel lock")
+            .contains(&id);
         node.live.set(
             id,
             LiveStatus {
@@ -131,6 +214,7 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
         let record = inv.record.clone();
         let mut running = inv.record.clone();
         running.status = InvocationStatus::Running;
+        running.waiting_on.clear();
         running.modified_at_ms = now_ms();
         let running_row = encode(&running);
         let on_first_commit = |batch: &mut WriteBatch| {
@@ -140,44 +224,82 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
                 running_row.clone(),
             )
         };
+        let caller_message: Mutex<Option<(Vec<u8>, OutboxMessage)>> = Mutex::new(None);
         let on_output = |batch: &mut WriteBatch, output: &Output| {
-            finish_writes(
+            *caller_message.lock().expect("caller message lock") = finish_writes(
                 &node,
                 &id,
                 &record,
                 InvocationStatus::Completed,
                 output,
                 batch,
-            )
+            );
         };
         let outcome = Attempt {
+            node: &node,
             id,
-            service: &record.service,
-            handler: &record.handler,
-            key: &record.key,
-            kind: record.kind,
+            record: &record,
             epoch: record.attempts,
             endpoint: &endpoint,
             journal: &mut inv.journal,
             state: state.as_deref(),
-            writer: &node.store.writer,
+            signals,
+            cancelled: record.cancel_requested,
             on_output: &on_output,
             on_first_commit: &on_first_commit,
-            max_frame_bytes: node.config.max_frame_bytes,
-            inactivity_timeout: Duration::from_millis(node.config.attempt_inactivity_timeout_ms),
         }
         .run()
         .await;
+        if !matches!(outcome, AttemptOutcome::Suspended(_)) {
+            node.attempts.lock().expect("attempts lock").remove(&id);
+        }
         match outcome {
             AttemptOutcome::Completed(output) => {
                 tracing::debug!(invocation_id = %id, attempts = inv.record.attempts, "invocation.completed");
+                let message = caller_message.lock().expect("caller message lock").take();
                 node.finished(id, &output);
-                return;
+                if let Some((key, message)) = message {
+                    node.deliver(Some(key), message, false).await;
+                }
+                return DriveEnd::Finished;
             }
-            AttemptOutcome::Fatal(failure) => return fail(&node, inv, failure).await,
+            AttemptOutcome::Fatal(failure) => {
+                finish(&node, inv, InvocationStatus::Failed, failure).await;
+                return DriveEnd::Finished;
+            }
+            AttemptOutcome::Killed => {
+                finish(
+                    &node,
+                    inv,
+                    InvocationStatus::Killed,
+                    Failure {
+                        code: codes::KILLED,
+                        message: "killed".into(),
+                    },
+                )
+                .await;
+                return DriveEnd::Finished;
+            }
+            AttemptOutcome::Suspended(waiting_on) => {
+                if suspend(&node, &mut inv, waiting_on).await {
+                    return DriveEnd::Suspended;
+                }
+                // A completion landed meanwhile: go on with a fresh attempt.
+            }
             AttemptOutcome::Retryable(error) => {
                 tracing::warn!(invocation_id = %id, attempt = inv.record.attempts, %error, "invocation.attempt_failed");
-                if node.config.retries_exhausted(inv.record.attempts) {
+                let policy = node
+                    .schema
+                    .retry_policy(
+                        &inv.record.deployment_id,
+                        &inv.record.service,
+                        &inv.record.handler,
+                    )
+                    .unwrap_or_default();
+                let max_attempts = policy
+                    .max_attempts
+                    .unwrap_or(node.config.retry_max_attempts);
+                if max_attempts != 0 && inv.record.attempts >= max_attempts {
                     let failure = Failure {
                         code: codes::RETRIES_EXHAUSTED,
                         message: format!(
@@ -185,9 +307,14 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
                             inv.record.attempts
                         ),
                     };
-                    return fail(&node, inv, failure).await;
+                    finish(&node, inv, InvocationStatus::Failed, failure).await;
+                    return DriveEnd::Finished;
                 }
-                let delay = node.config.retry_delay(inv.record.attempts);
+                let delay = node.config.retry_delay_with(
+                    inv.record.attempts,
+                    policy.initial_interval_ms,
+                    policy.max_interval_ms,
+                );
                 let now = now_ms();
                 inv.record.status = InvocationStatus::BackingOff;
                 inv.record.last_error = Some(error.clone());
@@ -221,46 +348,75 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
     }
 }
 
-/// Ends `inv` for good with `failure` (durably), then tells its waiters.
-async fn fail(node: &Arc<Node>, inv: Invocation, failure: Failure) {
-    tracing::warn!(invocation_id = %inv.id, code = failure.code, message = %failure.message, "invocation.failed");
-    let output = Output::Failure(failure);
-    let mut record = inv.record.clone();
-    record.last_error = match &output {
-        Output::Failure(f) => Some(f.message.clone()),
-        Output::Value(_) => None,
-    };
-    let mut batch = WriteBatch::new();
-    finish_writes(
-        node,
-        &inv.id,
-        &record,
-        InvocationStatus::Failed,
-        &output,
-        &mut batch,
-    );
-    loop {
-        match node.store.writer.commit(std::mem::take(&mut batch)).await {
-            Ok(()) => break,
-            Err(e) => {
-                // Only an overloaded queue gets here (I/O errors stop the node): try again.
-                tracing::warn!(error = %e, "could not record the failure yet");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                finish_writes(
-                    node,
-                    &inv.id,
-                    &record,
-                    InvocationStatus::Failed,
-                    &output,
-                    &mut batch,
-                );
-            }
-        }
+/// Records the suspension unless one of `waiting_on` was completed meanwhile (then `false`:
+/// the caller starts a new attempt at once).
+async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -> bool {
+    let id = inv.id;
+    let _guard = node.stripe(&id).lock().await;
+    node.attempts.lock().expect("attempts lock").remove(&id);
+    match crate::control::load(node, id).await {
+        Ok(Some(fresh)) => inv.journal = fresh.journal,
+        Ok(None) => return true,
+        Err(e) => tracing::warn!(invocation_id = %id, error = %e, "cannot refresh journal"),
     }
-    node.finished(inv.id, &output);
+    inv.record.waiting_on = waiting_on.clone();
+    if inv.can_resume() || node.kill_requests.lock().expect("kill lock").contains(&id) {
+        return false;
+    }
+    inv.record.status = InvocationStatus::Suspended;
+    inv.record.modified_at_ms = now_ms();
+    inv.record.cancel_requested |= node
+        .cancel_requests
+        .lock()
+        .expect("cancel lock")
+        .contains(&id);
+    let mut batch = WriteBatch::new();
+    batch.put(
+        Table::Invocations,
+        keys::invocation(&id),
+        encode(&inv.record),
+    );
+    if let Err(e) = node.commit_retrying(batch).await {
+        tracing::warn!(invocation_id = %id, error = %e, "could not record the suspension");
+    }
+    node.live.set(
+        id,
+        LiveStatus {
+            status: InvocationStatus::Suspended,
+            attempts: inv.record.attempts,
+            last_error: inv.record.last_error.clone(),
+            next_retry_at_ms: None,
+        },
+    );
+    node.suspended
+        .lock()
+        .expect("suspended lock")
+        .insert(id, waiting_on);
+    tracing::debug!(invocation_id = %id, "invocation.suspended");
+    true
 }
 
-/// Is `kind` one that runs through an object actor?
-pub fn uses_actor(kind: HandlerKind) -> bool {
-    kind != HandlerKind::Stateless
+/// Ends `inv` for good with `failure` and `status` (durably), tells its waiters and its caller.
+async fn finish(node: &Arc<Node>, inv: Invocation, status: InvocationStatus, failure: Failure) {
+    tracing::warn!(invocation_id = %inv.id, code = failure.code, message = %failure.message, status = status.as_str(), "invocation.failed");
+    node.attempts.lock().expect("attempts lock").remove(&inv.id);
+    node.suspended
+        .lock()
+        .expect("suspended lock")
+        .remove(&inv.id);
+    let output = Output::Failure(failure);
+    let mut record = inv.record.clone();
+    if let Output::Failure(f) = &output {
+        record.last_error = Some(f.message.clone());
+    }
+    let mut batch = WriteBatch::new();
+    let message = finish_writes(node, &inv.id, &record, status, &output, &mut batch);
+    if let Err(e) = node.commit_retrying(batch).await {
+        tracing::error!(invocation_id = %inv.id, error = %e, "could not record the end of an invocation");
+        return;
+    }
+    node.finished(inv.id, &output);
+    if let Some((key, message)) = message {
+        node.deliver(Some(key), message, false).await;
+    }
 }

@@ -12,8 +12,11 @@ pub const CONTENT_TYPE: &str = "application/vnd.kiln.v1";
 pub const START: u16 = 0x0001;
 pub const ENTRY: u16 = 0x0002;
 pub const ACK: u16 = 0x0003;
+pub const COMPLETION: u16 = 0x0004;
 pub const END: u16 = 0x0005;
 pub const ERROR: u16 = 0x0006;
+pub const SUSPEND: u16 = 0x0007;
+pub const CANCEL: u16 = 0x0008;
 
 const HEADER_LEN: usize = 8;
 
@@ -28,6 +31,8 @@ pub struct Start<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<BTreeMap<&'a str, &'a serde_bytes::Bytes>>,
     pub random_seed: u64,
+    pub cancelled: bool,
+    pub suspend_after_ms: u32,
 }
 
 #[derive(Serialize)]

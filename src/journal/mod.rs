@@ -22,8 +22,53 @@ pub enum Output {
     Failure(Failure),
 }
 
+/// The result that completes a completable entry: a value, a failure, or nothing (done).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionResult {
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+    pub value: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+impl CompletionResult {
+    pub fn failure(code: u16, message: impl Into<String>) -> Self {
+        Self {
+            value: None,
+            failure: Some(Failure {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+}
+
+impl From<&Output> for CompletionResult {
+    fn from(o: &Output) -> Self {
+        match o {
+            Output::Value(v) => Self {
+                value: Some(v.clone()),
+                failure: None,
+            },
+            Output::Failure(f) => Self {
+                value: None,
+                failure: Some(f.clone()),
+            },
+        }
+    }
+}
+
 /// Failure codes the runtime itself assigns (user codes pass through unchanged).
 pub mod codes {
+    /// `await` with a timeout expired (raised by the SDK).
+    pub const TIMEOUT: u16 = 408;
+    /// The invocation was cancelled; also: awakeable or promise already completed.
+    pub const CANCELLED: u16 = 409;
+    pub const ALREADY_COMPLETED: u16 = 409;
+    /// The invocation was killed.
+    pub const KILLED: u16 = 410;
+    /// A call would wait on an object locked by an invocation up its own call chain.
+    pub const CALL_CYCLE: u16 = 508;
     /// A shared handler tried to write state.
     pub const STATE_WRITE_IN_SHARED: u16 = 409;
     /// Retries exhausted.
@@ -72,6 +117,70 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         failure: Option<Failure>,
     },
+    Call {
+        service: String,
+        handler: String,
+        #[serde(default)]
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// The callee, assigned by the runtime when the entry is journaled (the dedup key).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invocation_id: Option<crate::ids::InvocationId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<CompletionResult>,
+    },
+    Send {
+        service: String,
+        handler: String,
+        #[serde(default)]
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delay_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invocation_id: Option<crate::ids::InvocationId>,
+    },
+    Sleep {
+        wake_up_at_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<CompletionResult>,
+    },
+    Awakeable {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<CompletionResult>,
+    },
+    CompleteAwakeable {
+        id: String,
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        value: Option<Vec<u8>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<Failure>,
+    },
+    GetPromise {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<CompletionResult>,
+    },
+    PeekPromise {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<CompletionResult>,
+    },
+    CompletePromise {
+        name: String,
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        value: Option<Vec<u8>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<Failure>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<CompletionResult>,
+    },
+    Select {
+        winner: u32,
+    },
+    Cancelled,
 }
 
 /// An ENTRY frame's body: the index, then the entry's own fields.
@@ -93,6 +202,16 @@ impl Entry {
             Entry::ClearAllState => "clear_all_state",
             Entry::Run { .. } => "run",
             Entry::Output { .. } => "output",
+            Entry::Call { .. } => "call",
+            Entry::Send { .. } => "send",
+            Entry::Sleep { .. } => "sleep",
+            Entry::Awakeable { .. } => "awakeable",
+            Entry::CompleteAwakeable { .. } => "complete_awakeable",
+            Entry::GetPromise { .. } => "get_promise",
+            Entry::PeekPromise { .. } => "peek_promise",
+            Entry::CompletePromise { .. } => "complete_promise",
+            Entry::Select { .. } => "select",
+            Entry::Cancelled => "cancelled",
         }
     }
 
@@ -101,9 +220,52 @@ impl Entry {
             Entry::GetState { name, .. }
             | Entry::SetState { name, .. }
             | Entry::ClearState { name }
-            | Entry::Run { name, .. } => Some(name),
+            | Entry::Run { name, .. }
+            | Entry::GetPromise { name, .. }
+            | Entry::PeekPromise { name, .. }
+            | Entry::CompletePromise { name, .. } => Some(name),
             _ => None,
         }
+    }
+
+    /// The completion slot of a completable entry (`None` for other kinds).
+    pub fn result_slot(&mut self) -> Option<&mut Option<CompletionResult>> {
+        match self {
+            Entry::Call { result, .. }
+            | Entry::Sleep { result, .. }
+            | Entry::Awakeable { result }
+            | Entry::GetPromise { result, .. }
+            | Entry::PeekPromise { result, .. }
+            | Entry::CompletePromise { result, .. } => Some(result),
+            _ => None,
+        }
+    }
+
+    /// The result, if this entry is completable and completed.
+    pub fn result(&self) -> Option<&CompletionResult> {
+        match self {
+            Entry::Call { result, .. }
+            | Entry::Sleep { result, .. }
+            | Entry::Awakeable { result }
+            | Entry::GetPromise { result, .. }
+            | Entry::PeekPromise { result, .. }
+            | Entry::CompletePromise { result, .. } => result.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Entries the SDK waits on: the runtime acknowledges them right away.
+    pub fn needs_ack(&self) -> bool {
+        !matches!(
+            self,
+            Entry::GetState { .. }
+                | Entry::GetStateKeys { .. }
+                | Entry::SetState { .. }
+                | Entry::ClearState { .. }
+                | Entry::ClearAllState
+                | Entry::Select { .. }
+                | Entry::Cancelled
+        )
     }
 
     fn writes_state(&self) -> bool {
@@ -149,7 +311,17 @@ pub fn check_sdk_entry(
             ),
         });
     }
-    if let Entry::Run { value, failure, .. } | Entry::Output { value, failure } = entry {
+    if entry.result().is_some() {
+        return Err(Failure {
+            code: codes::PROTOCOL_VIOLATION,
+            message: format!("protocol violation: SDK sent {} at index {} with a result; results come from the runtime", entry.kind(), frame.index),
+        });
+    }
+    if let Entry::Run { value, failure, .. }
+    | Entry::Output { value, failure }
+    | Entry::CompleteAwakeable { value, failure, .. }
+    | Entry::CompletePromise { value, failure, .. } = entry
+    {
         if value.is_some() == failure.is_some() {
             return Err(Failure {
                 code: codes::PROTOCOL_VIOLATION,

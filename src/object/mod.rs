@@ -1,9 +1,9 @@
-//! One actix actor per active virtual object: it owns the object's inbox queue and its
-//! committed state cache, runs exclusive invocations one at a time in inbox order, and runs
-//! shared invocations concurrently on snapshots of state.
+//! One actix actor per active virtual object (or workflow): it owns the object's inbox queue
+//! and its committed state cache, runs exclusive invocations one at a time in inbox order, and
+//! runs shared invocations concurrently on snapshots of state.
 //!
-//! Invariant: at most one exclusive invocation of an object runs at a time (the actor is the
-//! only place that starts them, and the registry keeps one actor per object).
+//! Invariant: at most one exclusive invocation of an object runs (or is suspended) at a time:
+//! the actor is the only place that starts them, and the registry keeps one actor per object.
 //! Boundary: the actor holds nothing that storage does not also hold; it can be stopped at
 //! any time it is idle and re-created from storage.
 
@@ -20,20 +20,24 @@ use tokio::sync::oneshot;
 pub use registry::{ActorHandle, ObjectRegistry, SubmitError};
 
 use crate::ids::{InvocationId, ObjectId};
-use crate::invocation::{drive, Invocation};
+use crate::invocation::{drive, DriveEnd, Invocation};
 use crate::invoker::StateCache;
 use crate::node::Node;
-use crate::storage::{HandlerKind, StorageError};
+use crate::storage::{InvocationStatus, StorageError, WriteBatch};
 
 /// Messages an object actor handles.
 pub enum ObjectMsg {
-    /// Persist a new invocation of this object, then run it (exclusive: through the inbox).
+    /// Persist a new invocation of this object (with `extra` writes in the same batch), then
+    /// run it (exclusive: through the inbox).
     Submit {
         invocation: Invocation,
+        extra: WriteBatch,
         reply: oneshot::Sender<Result<(), SubmitError>>,
     },
-    /// Run an already-durable shared invocation again (recovery).
+    /// Run an already-durable shared invocation again (recovery, resumption).
     ResumeShared(Invocation),
+    /// The suspended exclusive invocation at the head of the inbox can go on.
+    Resume(InvocationId),
 }
 
 impl Message for ObjectMsg {
@@ -44,6 +48,8 @@ struct Queued {
     id: InvocationId,
     /// The invocation, when this actor created it (saves a read); loaded from storage otherwise.
     loaded: Option<Invocation>,
+    /// Its creation batch is on disk. Entries join the queue in mailbox order, before that.
+    durable: bool,
 }
 
 pub struct ObjectActor {
@@ -52,9 +58,9 @@ pub struct ObjectActor {
     handle: Arc<ActorHandle>,
     state: Option<Arc<StateCache>>,
     queue: VecDeque<Queued>,
-    /// Submissions whose creation batch is not yet durable (count towards the inbox limit).
-    submitting: usize,
     running_exclusive: bool,
+    /// The head of the queue is suspended: it keeps the lock; nothing runs until `Resume`.
+    head_suspended: bool,
     running_shared: usize,
     next_seq: u64,
     idle_since: Instant,
@@ -68,8 +74,8 @@ impl ObjectActor {
             handle,
             state: None,
             queue: VecDeque::new(),
-            submitting: 0,
             running_exclusive: false,
+            head_suspended: false,
             running_shared: 0,
             next_seq: 0,
             idle_since: Instant::now(),
@@ -77,10 +83,7 @@ impl ObjectActor {
     }
 
     fn is_idle(&self) -> bool {
-        self.queue.is_empty()
-            && self.submitting == 0
-            && !self.running_exclusive
-            && self.running_shared == 0
+        self.queue.is_empty() && !self.running_exclusive && self.running_shared == 0
     }
 
     fn state(&self) -> Arc<StateCache> {
@@ -88,10 +91,10 @@ impl ObjectActor {
     }
 
     fn run_next(&mut self, ctx: &mut Context<Self>) {
-        if self.running_exclusive {
+        if self.running_exclusive || self.head_suspended {
             return;
         }
-        let Some(head) = self.queue.front_mut() else {
+        let Some(head) = self.queue.front_mut().filter(|h| h.durable) else {
             self.idle_since = Instant::now();
             return;
         };
@@ -103,29 +106,49 @@ impl ObjectActor {
         let fut = async move {
             let invocation = match loaded {
                 Some(inv) => inv,
-                None => match load(&node, id).await {
-                    Ok(Some(inv)) => inv,
-                    Ok(None) => return,
+                None => match crate::control::load(&node, id).await {
+                    Ok(Some(inv)) if !inv.record.status.is_finished() => inv,
+                    Ok(_) => return DriveEnd::Finished,
                     Err(e) => {
-                        // Cannot read our own data: the node is unhealthy; leave it queued.
+                        // Cannot read our own data: the node is unhealthy; retried on restart.
                         tracing::error!(invocation_id = %id, error = %e, "cannot load invocation");
-                        return;
+                        return DriveEnd::Finished;
                     }
                 },
             };
-            drive(node, invocation, Some(state)).await;
+            if invocation.record.status == InvocationStatus::Suspended && !invocation.can_resume() {
+                // Recovered while suspended: wait for a completion without replaying it.
+                let _guard = node.stripe(&id).lock().await;
+                node.suspended
+                    .lock()
+                    .expect("suspended lock")
+                    .insert(id, invocation.record.waiting_on.clone());
+                return DriveEnd::Suspended;
+            }
+            drive(node, invocation, Some(state)).await
         };
-        ctx.spawn(fut.into_actor(self).map(|(), act, ctx| {
+        ctx.spawn(fut.into_actor(self).map(|end, act, ctx| {
             act.running_exclusive = false;
+            if end == DriveEnd::Suspended {
+                act.head_suspended = true;
+                return;
+            }
             act.queue.pop_front();
             act.run_next(ctx);
         }));
     }
 
+    fn resume(&mut self, id: InvocationId, ctx: &mut Context<Self>) {
+        if self.head_suspended && self.queue.front().is_some_and(|h| h.id == id) {
+            self.head_suspended = false;
+            self.run_next(ctx);
+        }
+    }
+
     fn run_shared(&mut self, invocation: Invocation, ctx: &mut Context<Self>) {
         self.running_shared += 1;
         let fut = drive(self.node.clone(), invocation, Some(self.state()));
-        ctx.spawn(fut.into_actor(self).map(|(), act, _| {
+        ctx.spawn(fut.into_actor(self).map(|_, act, _| {
             act.running_shared -= 1;
             act.idle_since = Instant::now();
         }));
@@ -134,63 +157,60 @@ impl ObjectActor {
     fn submit(
         &mut self,
         mut invocation: Invocation,
+        extra: WriteBatch,
         reply: oneshot::Sender<Result<(), SubmitError>>,
         ctx: &mut Context<Self>,
     ) {
-        let exclusive = invocation.record.kind == HandlerKind::Exclusive;
+        let exclusive = invocation.record.kind.is_exclusive();
         if exclusive {
-            if self.queue.len() + self.submitting >= self.node.config.max_inbox_per_object {
+            if self.queue.len() >= self.node.config.max_inbox_per_object {
                 let _ = reply.send(Err(SubmitError::InboxFull(self.object.clone())));
                 return;
             }
             invocation.record.inbox_seq = Some(self.next_seq);
             self.next_seq += 1;
         }
-        self.submitting += 1;
-        let commit = self.node.store.writer.commit(invocation.creation_batch());
+        let mut batch = invocation.creation_batch();
+        batch.append(extra);
+        let commit = self.node.store.writer.commit(batch);
+        let id = invocation.id;
+        let shared = if exclusive {
+            self.queue.push_back(Queued {
+                id,
+                loaded: Some(invocation),
+                durable: false,
+            });
+            None
+        } else {
+            self.running_shared += 1; // keeps the actor from passivating before it runs
+            Some(invocation)
+        };
         ctx.spawn(commit.into_actor(self).map(
             move |result: Result<(), StorageError>, act, ctx| {
-                act.submitting -= 1;
+                if shared.is_some() {
+                    act.running_shared -= 1;
+                }
                 match result {
                     Err(e) => {
+                        act.queue.retain(|q| q.id != id);
                         let _ = reply.send(Err(SubmitError::Storage(e)));
                     }
                     Ok(()) => {
                         let _ = reply.send(Ok(()));
-                        if exclusive {
-                            act.queue.push_back(Queued {
-                                id: invocation.id,
-                                loaded: Some(invocation),
-                            });
-                            act.run_next(ctx);
-                        } else {
-                            act.run_shared(invocation, ctx);
+                        match shared {
+                            Some(invocation) => act.run_shared(invocation, ctx),
+                            None => {
+                                if let Some(q) = act.queue.iter_mut().find(|q| q.id == id) {
+                                    q.durable = true;
+                                }
+                                act.run_next(ctx);
+                            }
                         }
                     }
                 }
             },
         ));
     }
-}
-
-async fn load(node: &Arc<Node>, id: InvocationId) -> Result<Option<Invocation>, StorageError> {
-    let store = node.store.clone();
-    tokio::task::spawn_blocking(move || {
-        let Some(record) = store.invocation(&id)? else {
-            return Ok(None);
-        };
-        if record.status.is_finished() {
-            return Ok(None);
-        }
-        let journal = store.journal(&id)?;
-        Ok(Some(Invocation {
-            id,
-            record,
-            journal,
-        }))
-    })
-    .await
-    .map_err(|e| StorageError::Io(e.to_string()))?
 }
 
 impl Actor for ObjectActor {
@@ -216,7 +236,11 @@ impl Actor for ObjectActor {
                         act.next_seq = inbox.last().map(|(seq, _)| seq + 1).unwrap_or(0);
                         act.queue = inbox
                             .into_iter()
-                            .map(|(_, id)| Queued { id, loaded: None })
+                            .map(|(_, id)| Queued {
+                                id,
+                                loaded: None,
+                                durable: true,
+                            })
                             .collect();
                         act.state = Some(Arc::new(StateCache::new(state)));
                         act.run_next(ctx);
@@ -246,8 +270,13 @@ impl Handler<ObjectMsg> for ObjectActor {
     fn handle(&mut self, msg: ObjectMsg, ctx: &mut Context<Self>) {
         self.handle.pending.fetch_sub(1, Ordering::AcqRel);
         match msg {
-            ObjectMsg::Submit { invocation, reply } => self.submit(invocation, reply, ctx),
+            ObjectMsg::Submit {
+                invocation,
+                extra,
+                reply,
+            } => self.submit(invocation, extra, reply, ctx),
             ObjectMsg::ResumeShared(invocation) => self.run_shared(invocation, ctx),
+            ObjectMsg::Resume(id) => self.resume(id, ctx),
         }
     }
 }

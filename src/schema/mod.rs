@@ -9,14 +9,22 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::storage::{DeploymentRecord, HandlerKind, HandlerRecord, ServiceKind, ServiceRecord};
+use crate::storage::{
+    DeploymentRecord, HandlerKind, HandlerRecord, RetryPolicy, ServiceKind, ServiceRecord,
+};
 
 /// A service as the ingress sees it.
 #[derive(Clone, Debug)]
 pub struct ServiceEntry {
     pub kind: ServiceKind,
     pub deployment_id: String,
-    pub handlers: HashMap<String, HandlerKind>,
+    pub handlers: HashMap<String, HandlerEntry>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct HandlerEntry {
+    pub kind: HandlerKind,
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 #[derive(Default)]
@@ -38,10 +46,17 @@ impl Schema {
                     .map(|h| {
                         let kind = match (s.kind, h.kind.as_str()) {
                             (ServiceKind::Service, _) => HandlerKind::Stateless,
-                            (ServiceKind::VirtualObject, "shared") => HandlerKind::Shared,
+                            (_, "shared") => HandlerKind::Shared,
+                            (ServiceKind::Workflow, _) => HandlerKind::Workflow,
                             (ServiceKind::VirtualObject, _) => HandlerKind::Exclusive,
                         };
-                        (h.name.clone(), kind)
+                        (
+                            h.name.clone(),
+                            HandlerEntry {
+                                kind,
+                                retry_policy: h.retry_policy,
+                            },
+                        )
                     })
                     .collect();
                 services.insert(
@@ -86,6 +101,23 @@ impl SchemaRegistry {
         *guard = Arc::new(Schema::build(deployments));
     }
 
+    /// The handler's own retry policy, from the deployment an invocation is pinned to.
+    pub fn retry_policy(
+        &self,
+        deployment_id: &str,
+        service: &str,
+        handler: &str,
+    ) -> Option<RetryPolicy> {
+        let schema = self.snapshot();
+        let deployment = schema.deployments.iter().find(|d| d.id == deployment_id)?;
+        let service = deployment.services.iter().find(|s| s.name == service)?;
+        service
+            .handlers
+            .iter()
+            .find(|h| h.name == handler)?
+            .retry_policy
+    }
+
     pub fn endpoint_of(&self, deployment_id: &str) -> Option<String> {
         self.snapshot()
             .deployments
@@ -122,6 +154,8 @@ struct DiscoveredHandler {
     name: String,
     #[serde(default)]
     kind: Option<String>,
+    #[serde(default, rename = "retryPolicy")]
+    retry_policy: Option<RetryPolicy>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -169,9 +203,22 @@ pub async fn discover(uri: &str) -> Result<Vec<ServiceRecord>, DiscoveryError> {
         if !valid_name(&s.name) {
             return Err(invalid(format!("service name {:?} is not valid", s.name)));
         }
+        if s.kind == "workflow"
+            && s.handlers
+                .iter()
+                .filter(|h| h.kind.as_deref() == Some("workflow"))
+                .count()
+                != 1
+        {
+            return Err(invalid(format!(
+                "workflow {} must have exactly one handler of kind 'workflow'",
+                s.name
+            )));
+        }
         let kind = match s.kind.as_str() {
             "service" => ServiceKind::Service,
             "virtual_object" => ServiceKind::VirtualObject,
+            "workflow" => ServiceKind::Workflow,
             other => {
                 return Err(invalid(format!(
                     "service {}: kind {other:?} is not supported",
@@ -189,8 +236,10 @@ pub async fn discover(uri: &str) -> Result<Vec<ServiceRecord>, DiscoveryError> {
             }
             let hk = match (kind, h.kind.as_deref()) {
                 (ServiceKind::Service, _) => "shared",
-                (ServiceKind::VirtualObject, Some("shared")) => "shared",
+                (_, Some("shared")) => "shared",
                 (ServiceKind::VirtualObject, Some("exclusive") | None) => "exclusive",
+                (ServiceKind::Workflow, Some("workflow")) => "workflow",
+                (ServiceKind::Workflow, None) => "shared",
                 (_, Some(other)) => {
                     return Err(invalid(format!(
                         "handler {}/{}: kind {other:?} is not supported",
@@ -201,6 +250,7 @@ pub async fn discover(uri: &str) -> Result<Vec<ServiceRecord>, DiscoveryError> {
             handlers.push(HandlerRecord {
                 name: h.name,
                 kind: hk.into(),
+                retry_policy: h.retry_policy,
             });
         }
         services.push(ServiceRecord {
@@ -233,6 +283,7 @@ mod tests {
             handlers: vec![HandlerRecord {
                 name: "h".into(),
                 kind: "shared".into(),
+                retry_policy: None,
             }],
         };
         let registry = SchemaRegistry::new(vec![DeploymentRecord {
@@ -249,7 +300,7 @@ mod tests {
         });
         let schema = registry.snapshot();
         assert_eq!(schema.services["S"].deployment_id, "b");
-        assert_eq!(schema.services["S"].handlers["h"], HandlerKind::Shared);
+        assert_eq!(schema.services["S"].handlers["h"].kind, HandlerKind::Shared);
         assert_eq!(registry.endpoint_of("a").as_deref(), Some("u1"));
     }
 }

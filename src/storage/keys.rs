@@ -96,6 +96,35 @@ pub struct Target<'a> {
     pub handler: &'a str,
 }
 
+/// `outbox`: `[partition u16][sequence u64]`.
+pub fn outbox(partition: u16, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `timers`: `[partition u16][due ms u64][invocation id 16][index u32]`, so each partition's
+/// timers are ordered by due time.
+pub fn timer(id: &InvocationId, due_ms: u64, index: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(30);
+    k.extend_from_slice(&id.partition().to_be_bytes());
+    k.extend_from_slice(&due_ms.to_be_bytes());
+    k.extend_from_slice(&id.0);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Due time of a `timers` key.
+pub fn timer_due(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(2..10)?.try_into().ok()?))
+}
+
+/// `promises`: object prefix, then the promise name.
+pub fn promise(object: &ObjectId, name: &str) -> Vec<u8> {
+    state_entry(object, name)
+}
+
 /// `deployments`: the deployment id (cluster metadata, not partitioned).
 pub fn deployment(id: &str) -> Vec<u8> {
     id.as_bytes().to_vec()

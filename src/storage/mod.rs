@@ -65,6 +65,9 @@ pub(crate) struct Tables {
     inbox: Keyspace,
     idempotency: Keyspace,
     deployments: Keyspace,
+    outbox: Keyspace,
+    timers: Keyspace,
+    promises: Keyspace,
 }
 
 impl Tables {
@@ -76,6 +79,9 @@ impl Tables {
             Table::Inbox => &self.inbox,
             Table::Idempotency => &self.idempotency,
             Table::Deployments => &self.deployments,
+            Table::Outbox => &self.outbox,
+            Table::Timers => &self.timers,
+            Table::Promises => &self.promises,
         }
     }
 }
@@ -100,6 +106,9 @@ impl Store {
             inbox: ks("inbox")?,
             idempotency: ks("idempotency")?,
             deployments: ks("deployments")?,
+            outbox: ks("outbox")?,
+            timers: ks("timers")?,
+            promises: ks("promises")?,
             db,
         };
         let writer = Writer::start(tables.clone());
@@ -220,6 +229,89 @@ impl Store {
             let (key, value) = item.into_inner()?;
             let record: InvocationRecord = decode("invocations", &value)?;
             if record.expires_at_ms.is_some_and(|t| t <= now_ms) {
+                out.push((
+                    InvocationId(key[2..18].try_into().expect("16 bytes")),
+                    record,
+                ));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn journal_entry(
+        &self,
+        id: &InvocationId,
+        index: u32,
+    ) -> Result<Option<Entry>, StorageError> {
+        match self.tables.journal.get(keys::journal_entry(id, index))? {
+            Some(v) => Ok(Some(decode("journal", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every undelivered outbox message, in key order (per partition, in production order).
+    pub fn outbox(&self) -> Result<Vec<(Vec<u8>, OutboxMessage)>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.tables.outbox.iter() {
+            let (key, value) = item.into_inner()?;
+            out.push((key.to_vec(), decode("outbox", &value)?));
+        }
+        Ok(out)
+    }
+
+    /// Timers due before `until_ms`, across all partitions: (key, due, timer).
+    pub fn timers_due_before(
+        &self,
+        until_ms: u64,
+    ) -> Result<Vec<(Vec<u8>, u64, TimerRecord)>, StorageError> {
+        let mut out = Vec::new();
+        for partition in 0..crate::ids::PARTITIONS_COUNT as u16 {
+            let start = partition.to_be_bytes().to_vec();
+            let mut end = start.clone();
+            end.extend_from_slice(&until_ms.to_be_bytes());
+            for item in self.tables.timers.range(start..end) {
+                let (key, value) = item.into_inner()?;
+                let due = keys::timer_due(&key).unwrap_or(0);
+                out.push((key.to_vec(), due, decode("timers", &value)?));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn promise(
+        &self,
+        object: &ObjectId,
+        name: &str,
+    ) -> Result<Option<PromiseRecord>, StorageError> {
+        match self.tables.promises.get(keys::promise(object, name))? {
+            Some(v) => Ok(Some(decode("promises", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Invocations in key order after `after` (exclusive), filtered, at most `limit`.
+    pub fn list_invocations(
+        &self,
+        after: Option<&InvocationId>,
+        limit: usize,
+        mut keep: impl FnMut(&InvocationRecord) -> bool,
+    ) -> Result<Vec<(InvocationId, InvocationRecord)>, StorageError> {
+        let mut out = Vec::new();
+        let iter = match after {
+            Some(id) => {
+                let mut start = keys::invocation(id);
+                start.push(0);
+                self.tables.invocations.range(start..)
+            }
+            None => self.tables.invocations.iter(),
+        };
+        for item in iter {
+            let (key, value) = item.into_inner()?;
+            let record: InvocationRecord = decode("invocations", &value)?;
+            if keep(&record) {
                 out.push((
                     InvocationId(key[2..18].try_into().expect("16 bytes")),
                     record,

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::Output;
+use crate::ids::{InvocationId, ObjectId};
+use crate::journal::{CompletionResult, Output};
 
 /// What runs an invocation and how it may touch state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,6 +15,15 @@ pub enum HandlerKind {
     Shared,
     /// Handler of a stateless service.
     Stateless,
+    /// The run handler of a workflow: exclusive, once per workflow key.
+    Workflow,
+}
+
+impl HandlerKind {
+    /// Holds its object's lock (runs through the inbox, may write state).
+    pub fn is_exclusive(self) -> bool {
+        matches!(self, Self::Exclusive | Self::Workflow)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,11 +39,32 @@ pub enum InvocationStatus {
     Completed,
     /// Finished by the runtime: journal mismatch, protocol violation, retries exhausted.
     Failed,
+    /// Waiting for a completion (timer, call result, awakeable, promise); holds no request.
+    Suspended,
+    /// Created by a delayed send; becomes pending when its timer fires.
+    Scheduled,
+    /// Stopped by an operator (`kill`), without compensation.
+    Killed,
 }
 
 impl InvocationStatus {
     pub fn is_finished(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed)
+        matches!(self, Self::Completed | Self::Failed | Self::Killed)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Running,
+            Self::BackingOff,
+            Self::Completed,
+            Self::Failed,
+            Self::Suspended,
+            Self::Scheduled,
+            Self::Killed,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +74,9 @@ impl InvocationStatus {
             Self::BackingOff => "backing-off",
             Self::Completed => "completed",
             Self::Failed => "failed",
+            Self::Suspended => "suspended",
+            Self::Scheduled => "scheduled",
+            Self::Killed => "killed",
         }
     }
 }
@@ -71,6 +105,86 @@ pub struct InvocationRecord {
     pub output: Option<Output>,
     /// When a finished invocation (and its idempotency record) may be forgotten.
     pub expires_at_ms: Option<u64>,
+    /// The `call` entry waiting for this invocation's output, if a handler called it.
+    #[serde(default)]
+    pub caller: Option<(InvocationId, u32)>,
+    /// Objects whose exclusive locks are held up this invocation's call chain (cycle detection).
+    #[serde(default)]
+    pub call_chain: Vec<ObjectId>,
+    /// Journal indices a suspended invocation waits on.
+    #[serde(default)]
+    pub waiting_on: Vec<u32>,
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// When a scheduled invocation becomes pending.
+    #[serde(default)]
+    pub not_before_ms: Option<u64>,
+}
+
+/// One row of `outbox`: a message an invocation produced, durable until delivered.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum OutboxMessage {
+    /// Create an invocation (a call, a send, a delayed send). `id` is the dedup key.
+    Invoke(InvokeMessage),
+    /// Complete entry `index` of invocation `target` (a call's result, an awakeable).
+    Complete {
+        target: InvocationId,
+        index: u32,
+        result: CompletionResult,
+    },
+    /// Operate on a workflow's durable promise and answer entry `reply_to`.
+    Promise(PromiseMessage),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InvokeMessage {
+    pub id: InvocationId,
+    pub service: String,
+    pub handler: String,
+    pub key: String,
+    pub kind: HandlerKind,
+    pub deployment_id: String,
+    #[serde(with = "serde_bytes")]
+    pub input: Vec<u8>,
+    pub caller: Option<(InvocationId, u32)>,
+    pub call_chain: Vec<ObjectId>,
+    pub not_before_ms: Option<u64>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PromiseMessage {
+    pub object: ObjectId,
+    pub name: String,
+    pub op: PromiseOp,
+    pub reply_to: (InvocationId, u32),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PromiseOp {
+    Get,
+    Peek,
+    Complete(CompletionResult),
+}
+
+/// One row of `promises`: a workflow's durable promise.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PromiseRecord {
+    pub result: Option<CompletionResult>,
+    /// `get_promise` entries waiting for the result.
+    pub waiters: Vec<(InvocationId, u32)>,
+}
+
+/// One row of `timers`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum TimerRecord {
+    /// Complete the `sleep` entry `index` of `invocation`.
+    Wake {
+        invocation: InvocationId,
+        index: u32,
+    },
+    /// Turn the scheduled `invocation` into a pending one.
+    Activate { invocation: InvocationId },
 }
 
 /// One row of `idempotency`: the invocation an idempotency key already started.
@@ -100,13 +214,32 @@ pub struct ServiceRecord {
 pub enum ServiceKind {
     Service,
     VirtualObject,
+    Workflow,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct HandlerRecord {
     pub name: String,
-    /// `exclusive` or `shared` (always `shared` for a stateless service).
+    /// `exclusive`, `shared` or `workflow` (always `shared` for a stateless service).
     pub kind: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "retryPolicy"
+    )]
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// A handler's own retry policy; unset fields take the node's defaults.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
 }
 
 pub fn now_ms() -> u64 {

@@ -20,15 +20,19 @@ pub enum Table {
     Inbox,
     Idempotency,
     Deployments,
+    Outbox,
+    Timers,
+    Promises,
 }
 
+#[derive(Clone)]
 enum Op {
     Put(Table, Vec<u8>, Vec<u8>),
     Delete(Table, Vec<u8>),
 }
 
 /// Writes that must become durable together (one step: entry + state + inbox + ...).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct WriteBatch {
     ops: Vec<Op>,
 }
@@ -48,6 +52,11 @@ impl WriteBatch {
 
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// Moves every write of `other` into this batch.
+    pub fn append(&mut self, mut other: WriteBatch) {
+        self.ops.append(&mut other.ops);
     }
 }
 

@@ -1,0 +1,360 @@
+//! Delivery of outbox messages: creating invocations (calls, sends, delayed sends),
+//! completing journal entries (call results, timers, awakeables) and durable promises.
+//!
+//! Invariant: a message's effect and the deletion of the row that carried it commit in one
+//! batch, so a message takes effect exactly once; a redelivery after a crash only happens when
+//! that batch never committed. The dedup key of a created invocation is its id, assigned by the
+//! sender and journaled with the sender's entry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ids::{InvocationId, ObjectId};
+use crate::invoker::AttemptSignal;
+use crate::journal::{codes, CompletionResult, Entry};
+use crate::node::{Creation, Node};
+use crate::object::SubmitError;
+use crate::storage::{
+    encode, keys, InvocationStatus, InvokeMessage, OutboxMessage, PromiseMessage, PromiseOp,
+    StorageError, Table, WriteBatch,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompleteError {
+    #[error("no such entry to complete")]
+    NotFound,
+    #[error("already completed")]
+    AlreadyCompleted,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Whether `complete` is answering an outside caller (who must hear about duplicates) or
+/// delivering a message (where a duplicate is silently dropped).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Completer {
+    Message,
+    Awakeable,
+}
+
+impl Node {
+    /// Adds `message` as an outbox row of `partition` to `batch`; deliver it after the commit.
+    pub(crate) fn stage(
+        &self,
+        batch: &mut WriteBatch,
+        partition: u16,
+        message: OutboxMessage,
+    ) -> (Vec<u8>, OutboxMessage) {
+        let key = self.next_outbox_key(partition);
+        batch.put(Table::Outbox, key.clone(), encode(&message));
+        (key, message)
+    }
+
+    /// Commits `batch`, retrying while the writer is only overloaded.
+    pub(crate) async fn commit_retrying(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let mut delay = Duration::from_millis(10);
+        loop {
+            match self.store.writer.commit(batch.clone()).await {
+                Err(StorageError::Overloaded) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Delivers one message. `key` is its outbox row, deleted with the message's effect.
+    pub async fn deliver(
+        self: &Arc<Self>,
+        key: Option<Vec<u8>>,
+        message: OutboxMessage,
+        redelivery: bool,
+    ) {
+        let mut extra = WriteBatch::new();
+        if let Some(key) = key {
+            extra.delete(Table::Outbox, key);
+        }
+        match message {
+            OutboxMessage::Invoke(invoke) => self.deliver_invoke(invoke, extra, redelivery).await,
+            OutboxMessage::Complete {
+                target,
+                index,
+                result,
+            } => {
+                let _ = self
+                    .complete(target, index, result, extra, Completer::Message)
+                    .await;
+            }
+            OutboxMessage::Promise(promise) => self.deliver_promise(promise, extra).await,
+        }
+    }
+
+    async fn deliver_invoke(
+        self: &Arc<Self>,
+        invoke: InvokeMessage,
+        extra: WriteBatch,
+        redelivery: bool,
+    ) {
+        let target = ObjectId::new(&invoke.service, &invoke.key);
+        if invoke.kind.is_exclusive() && invoke.call_chain.contains(&target) {
+            let chain: Vec<String> = invoke.call_chain.iter().map(|o| o.to_string()).collect();
+            let message = format!(
+                "call cycle: {} → {target} would wait forever, because {target} is locked by an invocation up this call chain",
+                chain.join(" → ")
+            );
+            tracing::warn!(%message, "delivery.call_cycle");
+            match invoke.caller {
+                Some((caller, index)) => {
+                    let result = CompletionResult::failure(codes::CALL_CYCLE, message);
+                    let _ = self
+                        .complete(caller, index, result, extra, Completer::Message)
+                        .await;
+                }
+                None => {
+                    let _ = self.commit_retrying(extra).await;
+                }
+            }
+            return;
+        }
+        if redelivery || invoke.kind == crate::storage::HandlerKind::Workflow {
+            let store = self.store.clone();
+            let id = invoke.id;
+            let exists = tokio::task::spawn_blocking(move || store.invocation(&id)).await;
+            if let Ok(Ok(Some(_))) = exists {
+                let _ = self.commit_retrying(extra).await;
+                return;
+            }
+        }
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let creation = Creation {
+                invocation: invoke.clone().into_invocation(),
+                extra: extra.clone(),
+            };
+            match self.create(creation).await {
+                Ok(()) => return,
+                Err(
+                    e @ (SubmitError::InboxFull(_)
+                    | SubmitError::MailboxFull(_)
+                    | SubmitError::TooManyInvocations),
+                )
+                | Err(e @ SubmitError::Storage(StorageError::Overloaded)) => {
+                    // Back-pressure: the message stays in the outbox (durable) until it fits.
+                    tracing::debug!(error = %e, invocation_id = %invoke.id, "delivery.backoff");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, invocation_id = %invoke.id, "delivery failed; retried on restart");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Completes entry `index` of `target` with `result` (once), then wakes the invocation.
+    pub async fn complete(
+        self: &Arc<Self>,
+        target: InvocationId,
+        index: u32,
+        result: CompletionResult,
+        mut extra: WriteBatch,
+        completer: Completer,
+    ) -> Result<(), CompleteError> {
+        let _guard = self.stripe(&target).lock().await;
+        let store = self.store.clone();
+        let entry = tokio::task::spawn_blocking(move || store.journal_entry(&target, index))
+            .await
+            .map_err(|e| StorageError::Io(e.to_string()))??;
+        let mut entry = match entry {
+            Some(entry)
+                if completer == Completer::Message || matches!(entry, Entry::Awakeable { .. }) =>
+            {
+                entry
+            }
+            _ => {
+                self.commit_retrying(extra).await?;
+                return Err(CompleteError::NotFound);
+            }
+        };
+        match entry.result_slot() {
+            None => {
+                self.commit_retrying(extra).await?;
+                return Err(CompleteError::NotFound);
+            }
+            Some(Some(_)) => {
+                self.commit_retrying(extra).await?;
+                return Err(CompleteError::AlreadyCompleted);
+            }
+            Some(slot) => *slot = Some(result.clone()),
+        }
+        extra.put(
+            Table::Journal,
+            keys::journal_entry(&target, index),
+            encode(&entry),
+        );
+        self.commit_retrying(extra).await?;
+        self.wake(
+            target,
+            AttemptSignal::Completion { index, result },
+            Some(index),
+        );
+        Ok(())
+    }
+
+    /// Tells a running attempt about `signal`, or resumes a suspended invocation waiting on
+    /// `index` (any index when `None`). Call with the invocation's stripe lock held.
+    pub(crate) fn wake(
+        self: &Arc<Self>,
+        target: InvocationId,
+        signal: AttemptSignal,
+        index: Option<u32>,
+    ) {
+        if let Some(tx) = self.attempts.lock().expect("attempts lock").get(&target) {
+            // If the channel is full or closed, the attempt is ending: its suspension check
+            // (under the same stripe lock) reads the result from storage.
+            let _ = tx.try_send(signal);
+            return;
+        }
+        let resume = {
+            let mut suspended = self.suspended.lock().expect("suspended lock");
+            match suspended.get(&target) {
+                Some(waiting) if index.is_none_or(|i| waiting.contains(&i)) => {
+                    suspended.remove(&target);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if resume {
+            self.resume(target);
+        }
+    }
+
+    async fn deliver_promise(self: &Arc<Self>, message: PromiseMessage, mut batch: WriteBatch) {
+        let staged = {
+            let _guard = self.object_stripe(&message.object).lock().await;
+            let store = self.store.clone();
+            let (object, name) = (message.object.clone(), message.name.clone());
+            let record = match tokio::task::spawn_blocking(move || store.promise(&object, &name))
+                .await
+            {
+                Ok(Ok(r)) => r.unwrap_or_default(),
+                other => {
+                    tracing::error!(error = ?other.err(), "cannot read promise; retried on restart");
+                    return;
+                }
+            };
+            let mut record = record;
+            let partition = message.reply_to.0.partition();
+            let (target, index) = message.reply_to;
+            let mut replies: Vec<(InvocationId, u32, CompletionResult)> = Vec::new();
+            match message.op {
+                PromiseOp::Get => match &record.result {
+                    Some(result) => replies.push((target, index, result.clone())),
+                    None if !record.waiters.contains(&message.reply_to) => {
+                        record.waiters.push(message.reply_to)
+                    }
+                    None => {}
+                },
+                PromiseOp::Peek => {
+                    replies.push((target, index, record.result.clone().unwrap_or_default()))
+                }
+                PromiseOp::Complete(result) => {
+                    if record.result.is_some() {
+                        let text = format!(
+                            "promise '{}' of {} is already completed",
+                            message.name, message.object
+                        );
+                        replies.push((
+                            target,
+                            index,
+                            CompletionResult::failure(codes::ALREADY_COMPLETED, text),
+                        ));
+                    } else {
+                        for (w, i) in std::mem::take(&mut record.waiters) {
+                            replies.push((w, i, result.clone()));
+                        }
+                        record.result = Some(result);
+                        replies.push((target, index, CompletionResult::default()));
+                    }
+                }
+            }
+            batch.put(
+                Table::Promises,
+                keys::promise(&message.object, &message.name),
+                encode(&record),
+            );
+            let staged: Vec<_> = replies
+                .into_iter()
+                .map(|(t, i, result)| {
+                    self.stage(
+                        &mut batch,
+                        partition,
+                        OutboxMessage::Complete {
+                            target: t,
+                            index: i,
+                            result,
+                        },
+                    )
+                })
+                .collect();
+            if let Err(e) = self.commit_retrying(batch).await {
+                tracing::error!(error = %e, "cannot commit promise operation; retried on restart");
+                return;
+            }
+            staged
+        };
+        for (key, message) in staged {
+            Box::pin(self.deliver(Some(key), message, false)).await;
+        }
+    }
+
+    /// Turns a scheduled invocation into a pending one (its timer fired).
+    pub(crate) async fn activate(self: &Arc<Self>, id: InvocationId, timer_key: Vec<u8>) {
+        let _guard = self.stripe(&id).lock().await;
+        let store = self.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+            Ok(match store.invocation(&id)? {
+                Some(record) => Some((record, store.journal(&id)?)),
+                None => None,
+            })
+        })
+        .await;
+        let mut extra = WriteBatch::new();
+        extra.delete(Table::Timers, timer_key);
+        match loaded {
+            Ok(Ok(Some((mut record, journal)))) if record.status == InvocationStatus::Scheduled => {
+                record.status = InvocationStatus::Pending;
+                record.not_before_ms = None;
+                let invocation = crate::invocation::Invocation {
+                    id,
+                    record,
+                    journal,
+                };
+                let mut delay = Duration::from_millis(20);
+                loop {
+                    let creation = Creation {
+                        invocation: invocation.clone(),
+                        extra: extra.clone(),
+                    };
+                    match self.create(creation).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::debug!(error = %e, invocation_id = %id, "activation.backoff");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(2));
+                        }
+                    }
+                }
+            }
+            Ok(Ok(_)) => {
+                let _ = self.commit_retrying(extra).await;
+            }
+            other => {
+                tracing::error!(error = ?other.err(), invocation_id = %id, "cannot activate; retried on restart")
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Durable timers: rows in the `timers` table ordered by due time per partition; only those
+//! due within the next `WINDOW_MS` are held in memory, so millions of pending timers cost disk,
+//! not memory. Firing a timer commits its effect together with the deletion of its row.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::delivery::Completer;
+use crate::journal::CompletionResult;
+use crate::node::Node;
+use crate::storage::{now_ms, StorageError, Store, Table, TimerRecord, WriteBatch};
+
+/// How far ahead timers are loaded into memory.
+const WINDOW_MS: u64 = 30_000;
+/// Longest sleep of the timer loop (new near timers also wake it).
+const TICK_MS_MAX: u64 = 1_000;
+
+#[derive(Default)]
+struct Near {
+    timers: BTreeMap<(u64, Vec<u8>), TimerRecord>,
+    loaded_until_ms: u64,
+}
+
+#[derive(Default)]
+pub struct TimerService {
+    near: Mutex<Near>,
+    wake: tokio::sync::Notify,
+}
+
+impl TimerService {
+    /// Called after the timer's row is durable.
+    pub fn register(&self, key: Vec<u8>, due_ms: u64, timer: TimerRecord) {
+        let mut near = self.near.lock().expect("timers lock");
+        if due_ms < near.loaded_until_ms {
+            near.timers.insert((due_ms, key), timer);
+            drop(near);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Loads every timer due within the window (re-loading one already held is harmless).
+    pub fn load(&self, store: &Store) -> Result<(), StorageError> {
+        let until = now_ms() + WINDOW_MS;
+        let rows = store.timers_due_before(until)?;
+        let mut near = self.near.lock().expect("timers lock");
+        for (key, due, timer) in rows {
+            near.timers.insert((due, key), timer);
+        }
+        near.loaded_until_ms = near.loaded_until_ms.max(until);
+        Ok(())
+    }
+
+    pub fn pending_in_memory(&self) -> usize {
+        self.near.lock().expect("timers lock").timers.len()
+    }
+
+    /// The timer loop: fires due timers, refills the window, sleeps until the next one.
+    pub async fn run(node: Arc<Node>) {
+        loop {
+            let now = now_ms();
+            let due: Vec<((u64, Vec<u8>), TimerRecord)> = {
+                let mut near = node.timers.near.lock().expect("timers lock");
+                let later = near.timers.split_off(&(now + 1, Vec::new()));
+                std::mem::replace(&mut near.timers, later)
+                    .into_iter()
+                    .collect()
+            };
+            for ((_, key), timer) in due {
+                let node = node.clone();
+                // Each firing is independent; run them concurrently.
+                actix_rt::spawn(async move { fire(&node, key, timer).await });
+            }
+            let refill = node
+                .timers
+                .near
+                .lock()
+                .expect("timers lock")
+                .loaded_until_ms
+                <= now + WINDOW_MS / 2;
+            if refill {
+                let store = node.store.clone();
+                let node2 = node.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = node2.timers.load(&store) {
+                        tracing::error!(error = %e, "timers.load failed");
+                    }
+                })
+                .await;
+            }
+            let next_due = node
+                .timers
+                .near
+                .lock()
+                .expect("timers lock")
+                .timers
+                .keys()
+                .next()
+                .map(|(d, _)| *d);
+            let wait_ms = next_due
+                .map_or(TICK_MS_MAX, |d| d.saturating_sub(now_ms()))
+                .min(TICK_MS_MAX);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+                _ = node.timers.wake.notified() => {}
+            }
+        }
+    }
+}
+
+async fn fire(node: &Arc<Node>, key: Vec<u8>, timer: TimerRecord) {
+    match timer {
+        TimerRecord::Wake { invocation, index } => {
+            let mut extra = WriteBatch::new();
+            extra.delete(Table::Timers, key);
+            let _ = node
+                .complete(
+                    invocation,
+                    index,
+                    CompletionResult::default(),
+                    extra,
+                    Completer::Message,
+                )
+                .await;
+        }
+        TimerRecord::Activate { invocation } => node.activate(invocation, key).await,
+    }
+}
