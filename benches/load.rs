@@ -54,9 +54,7 @@ fn parse_args() -> Result<Args> {
         let mut value = |name: &str| -> Result<String> {
             match inline.clone() {
                 Some(v) => Ok(v),
-                None => it
-                    .next()
-                    .with_context(|| format!("{name} needs a value\n{}", usage())),
+                None => it.next().with_context(|| format!("{name} needs a value\n{}", usage())),
             }
         };
         match flag.as_str() {
@@ -71,10 +69,7 @@ fn parse_args() -> Result<Args> {
                     .context("--concurrency")?
             }
             "--cases" => {
-                args.cases = value("--cases")?
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .collect();
+                args.cases = value("--cases")?.split(',').map(|s| s.trim().to_string()).collect();
                 for c in &args.cases {
                     if !ALL_CASES.contains(&c.as_str()) {
                         bail!("unknown case {c:?}; cases: {}", ALL_CASES.join(","));
@@ -133,12 +128,7 @@ fn request_for(case: &str, worker: usize, n: u64, rng: &mut u64) -> (String, Str
     }
 }
 
-async fn run_case(
-    client: &reqwest::Client,
-    args: &Args,
-    case: &str,
-    concurrency: usize,
-) -> Result<CaseResult> {
+async fn run_case(client: &reqwest::Client, args: &Args, case: &str, concurrency: usize) -> Result<CaseResult> {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let end = measure_from + Duration::from_secs_f64(args.seconds);
@@ -264,10 +254,7 @@ fn print_row(r: &CaseResult) {
 
 async fn preflight(client: &reqwest::Client, ingress: &str) -> Result<()> {
     // One request per service, so a missing registration fails fast with a clear message.
-    for (path, body) in [
-        ("Counter/preflight/get", ""),
-        ("Steps/threeStep", "\"preflight\""),
-    ] {
+    for (path, body) in [("Counter/preflight/get", ""), ("Steps/threeStep", "\"preflight\"")] {
         let resp = client
             .post(format!("{ingress}/{path}"))
             .header("content-type", "application/json")
@@ -286,9 +273,7 @@ async fn preflight(client: &reqwest::Client, ingress: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let max_conc = args.concurrency.iter().copied().max().unwrap_or(1);
         let client = reqwest::Client::builder()

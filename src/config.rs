@@ -77,20 +77,12 @@ impl Config {
     /// Back-off before attempt `attempt + 1`, given that `attempt` attempts have failed.
     pub fn retry_delay(&self, failed_attempts: u32) -> Duration {
         let exp = failed_attempts.saturating_sub(1).min(30);
-        let ms = self
-            .retry_initial_ms
-            .saturating_mul(1u64 << exp)
-            .min(self.retry_max_ms);
+        let ms = self.retry_initial_ms.saturating_mul(1u64 << exp).min(self.retry_max_ms);
         Duration::from_millis(ms)
     }
 
     /// `retry_delay` with a handler's own interval overrides.
-    pub fn retry_delay_with(
-        &self,
-        failed_attempts: u32,
-        initial_ms: Option<u64>,
-        max_ms: Option<u64>,
-    ) -> Duration {
+    pub fn retry_delay_with(&self, failed_attempts: u32, initial_ms: Option<u64>, max_ms: Option<u64>) -> Duration {
         let c = Config {
             retry_initial_ms: initial_ms.unwrap_or(self.retry_initial_ms).max(1),
             retry_max_ms: max_ms.unwrap_or(self.retry_max_ms),
@@ -119,9 +111,7 @@ impl Config {
         if configured > 0 {
             configured
         } else {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
         }
     }
 }

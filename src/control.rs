@@ -21,21 +21,14 @@ pub enum ControlError {
 }
 
 /// Loads an invocation and its journal.
-pub(crate) async fn load(
-    node: &Node,
-    id: InvocationId,
-) -> Result<Option<Invocation>, StorageError> {
+pub(crate) async fn load(node: &Node, id: InvocationId) -> Result<Option<Invocation>, StorageError> {
     let store = node.store.clone();
     tokio::task::spawn_blocking(move || {
         let Some(record) = store.invocation(&id)? else {
             return Ok(None);
         };
         let journal = store.journal(&id)?;
-        Ok(Some(Invocation {
-            id,
-            record,
-            journal,
-        }))
+        Ok(Some(Invocation { id, record, journal }))
     })
     .await
     .map_err(|e| StorageError::Io(e.to_string()))?
@@ -59,8 +52,7 @@ impl Node {
                 }
                 HandlerKind::Shared => {
                     let object = invocation.object();
-                    node.objects
-                        .send(&node, &object, ObjectMsg::ResumeShared(invocation))
+                    node.objects.send(&node, &object, ObjectMsg::ResumeShared(invocation))
                 }
                 HandlerKind::Stateless => {
                     actix_rt::spawn(drive(node.clone(), invocation, None));
@@ -90,11 +82,7 @@ impl Node {
             self.cancel_requests.lock().expect("cancel lock").insert(id);
             inv.record.cancel_requested = true;
             let mut batch = WriteBatch::new();
-            batch.put(
-                Table::Invocations,
-                keys::invocation(&id),
-                encode(&inv.record),
-            );
+            batch.put(Table::Invocations, keys::invocation(&id), encode(&inv.record));
             self.commit_retrying(batch).await?;
             self.wake(id, AttemptSignal::Cancel, None);
             inv.journal

@@ -15,8 +15,8 @@ use crate::journal::{codes, CompletionResult, Entry};
 use crate::node::{Creation, Node};
 use crate::object::SubmitError;
 use crate::storage::{
-    encode, keys, InvocationStatus, InvokeMessage, OutboxMessage, PromiseMessage, PromiseOp,
-    StorageError, Table, WriteBatch,
+    encode, keys, InvocationStatus, InvokeMessage, OutboxMessage, PromiseMessage, PromiseOp, StorageError, Table,
+    WriteBatch,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -65,37 +65,21 @@ impl Node {
     }
 
     /// Delivers one message. `key` is its outbox row, deleted with the message's effect.
-    pub async fn deliver(
-        self: &Arc<Self>,
-        key: Option<Vec<u8>>,
-        message: OutboxMessage,
-        redelivery: bool,
-    ) {
+    pub async fn deliver(self: &Arc<Self>, key: Option<Vec<u8>>, message: OutboxMessage, redelivery: bool) {
         let mut extra = WriteBatch::new();
         if let Some(key) = key {
             extra.delete(Table::Outbox, key);
         }
         match message {
             OutboxMessage::Invoke(invoke) => self.deliver_invoke(invoke, extra, redelivery).await,
-            OutboxMessage::Complete {
-                target,
-                index,
-                result,
-            } => {
-                let _ = self
-                    .complete(target, index, result, extra, Completer::Message)
-                    .await;
+            OutboxMessage::Complete { target, index, result } => {
+                let _ = self.complete(target, index, result, extra, Completer::Message).await;
             }
             OutboxMessage::Promise(promise) => self.deliver_promise(promise, extra).await,
         }
     }
 
-    async fn deliver_invoke(
-        self: &Arc<Self>,
-        invoke: InvokeMessage,
-        extra: WriteBatch,
-        redelivery: bool,
-    ) {
+    async fn deliver_invoke(self: &Arc<Self>, invoke: InvokeMessage, extra: WriteBatch, redelivery: bool) {
         let target = ObjectId::new(&invoke.service, &invoke.key);
         if invoke.kind.is_exclusive() && invoke.call_chain.contains(&target) {
             let chain: Vec<String> = invoke.call_chain.iter().map(|o| o.to_string()).collect();
@@ -107,9 +91,7 @@ impl Node {
             match invoke.caller {
                 Some((caller, index)) => {
                     let result = CompletionResult::failure(codes::CALL_CYCLE, message);
-                    let _ = self
-                        .complete(caller, index, result, extra, Completer::Message)
-                        .await;
+                    let _ = self.complete(caller, index, result, extra, Completer::Message).await;
                 }
                 None => {
                     let _ = self.commit_retrying(extra).await;
@@ -135,9 +117,7 @@ impl Node {
             match self.create(creation).await {
                 Ok(()) => return,
                 Err(
-                    e @ (SubmitError::InboxFull(_)
-                    | SubmitError::MailboxFull(_)
-                    | SubmitError::TooManyInvocations),
+                    e @ (SubmitError::InboxFull(_) | SubmitError::MailboxFull(_) | SubmitError::TooManyInvocations),
                 )
                 | Err(e @ SubmitError::Storage(StorageError::Overloaded)) => {
                     // Back-pressure: the message stays in the outbox (durable) until it fits.
@@ -168,11 +148,7 @@ impl Node {
             .await
             .map_err(|e| StorageError::Io(e.to_string()))??;
         let mut entry = match entry {
-            Some(entry)
-                if completer == Completer::Message || matches!(entry, Entry::Awakeable { .. }) =>
-            {
-                entry
-            }
+            Some(entry) if completer == Completer::Message || matches!(entry, Entry::Awakeable { .. }) => entry,
             _ => {
                 self.commit_retrying(extra).await?;
                 return Err(CompleteError::NotFound);
@@ -189,28 +165,15 @@ impl Node {
             }
             Some(slot) => *slot = Some(result.clone()),
         }
-        extra.put(
-            Table::Journal,
-            keys::journal_entry(&target, index),
-            encode(&entry),
-        );
+        extra.put(Table::Journal, keys::journal_entry(&target, index), encode(&entry));
         self.commit_retrying(extra).await?;
-        self.wake(
-            target,
-            AttemptSignal::Completion { index, result },
-            Some(index),
-        );
+        self.wake(target, AttemptSignal::Completion { index, result }, Some(index));
         Ok(())
     }
 
     /// Tells a running attempt about `signal`, or resumes a suspended invocation waiting on
     /// `index` (any index when `None`). Call with the invocation's stripe lock held.
-    pub(crate) fn wake(
-        self: &Arc<Self>,
-        target: InvocationId,
-        signal: AttemptSignal,
-        index: Option<u32>,
-    ) {
+    pub(crate) fn wake(self: &Arc<Self>, target: InvocationId, signal: AttemptSignal, index: Option<u32>) {
         if let Some(tx) = self.attempts.lock().expect("attempts lock").get(&target) {
             // If the channel is full or closed, the attempt is ending: its suspension check
             // (under the same stripe lock) reads the result from storage.
@@ -237,9 +200,7 @@ impl Node {
             let _guard = self.object_stripe(&message.object).lock().await;
             let store = self.store.clone();
             let (object, name) = (message.object.clone(), message.name.clone());
-            let record = match tokio::task::spawn_blocking(move || store.promise(&object, &name))
-                .await
-            {
+            let record = match tokio::task::spawn_blocking(move || store.promise(&object, &name)).await {
                 Ok(Ok(r)) => r.unwrap_or_default(),
                 other => {
                     tracing::error!(error = ?other.err(), "cannot read promise; retried on restart");
@@ -253,25 +214,14 @@ impl Node {
             match message.op {
                 PromiseOp::Get => match &record.result {
                     Some(result) => replies.push((target, index, result.clone())),
-                    None if !record.waiters.contains(&message.reply_to) => {
-                        record.waiters.push(message.reply_to)
-                    }
+                    None if !record.waiters.contains(&message.reply_to) => record.waiters.push(message.reply_to),
                     None => {}
                 },
-                PromiseOp::Peek => {
-                    replies.push((target, index, record.result.clone().unwrap_or_default()))
-                }
+                PromiseOp::Peek => replies.push((target, index, record.result.clone().unwrap_or_default())),
                 PromiseOp::Complete(result) => {
                     if record.result.is_some() {
-                        let text = format!(
-                            "promise '{}' of {} is already completed",
-                            message.name, message.object
-                        );
-                        replies.push((
-                            target,
-                            index,
-                            CompletionResult::failure(codes::ALREADY_COMPLETED, text),
-                        ));
+                        let text = format!("promise '{}' of {} is already completed", message.name, message.object);
+                        replies.push((target, index, CompletionResult::failure(codes::ALREADY_COMPLETED, text)));
                     } else {
                         for (w, i) in std::mem::take(&mut record.waiters) {
                             replies.push((w, i, result.clone()));
@@ -328,11 +278,7 @@ impl Node {
             Ok(Ok(Some((mut record, journal)))) if record.status == InvocationStatus::Scheduled => {
                 record.status = InvocationStatus::Pending;
                 record.not_before_ms = None;
-                let invocation = crate::invocation::Invocation {
-                    id,
-                    record,
-                    journal,
-                };
+                let invocation = crate::invocation::Invocation { id, record, journal };
                 let mut delay = Duration::from_millis(20);
                 loop {
                     let creation = Creation {

@@ -56,9 +56,9 @@ impl From<StorageError> for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         let status = match &e {
-            SubmitError::InboxFull(_)
-            | SubmitError::MailboxFull(_)
-            | SubmitError::TooManyInvocations => StatusCode::TOO_MANY_REQUESTS,
+            SubmitError::InboxFull(_) | SubmitError::MailboxFull(_) | SubmitError::TooManyInvocations => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             SubmitError::Storage(s) => return s.clone().into(),
             SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -67,9 +67,6 @@ impl From<SubmitError> for ApiError {
 }
 
 /// JSON error for extractor failures (bad JSON, bad paths), so no error is ever plain text.
-pub fn json_config_error(
-    err: actix_web::error::JsonPayloadError,
-    _req: &actix_web::HttpRequest,
-) -> actix_web::Error {
+pub fn json_config_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     ApiError::bad_request(format!("malformed JSON body: {err}")).into()
 }

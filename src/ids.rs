@@ -135,13 +135,7 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_rejected() {
-        for bad in [
-            "",
-            "inv_",
-            "xyz",
-            "inv_0123",
-            "inv_0123456789abcdef0123456789ABCDEF",
-        ] {
+        for bad in ["", "inv_", "xyz", "inv_0123", "inv_0123456789abcdef0123456789ABCDEF"] {
             assert!(bad.parse::<InvocationId>().is_err(), "{bad}");
         }
     }
@@ -150,10 +144,7 @@ mod tests {
     fn stable_hash_separates_parts() {
         assert_ne!(stable_hash(&[b"ab", b"c"]), stable_hash(&[b"a", b"bc"]));
         // Pinned value: placement must never change between versions.
-        assert_eq!(
-            stable_hash(&[b"Counter", b"k1"]),
-            stable_hash(&[b"Counter", b"k1"])
-        );
+        assert_eq!(stable_hash(&[b"Counter", b"k1"]), stable_hash(&[b"Counter", b"k1"]));
     }
 }
 
@@ -165,10 +156,7 @@ pub fn awakeable_id(id: &InvocationId, index: u32) -> String {
 /// Splits an awakeable id into its invocation and journal index.
 pub fn parse_awakeable_id(s: &str) -> Result<(InvocationId, u32), MalformedAwakeableId> {
     let bad = || MalformedAwakeableId(s.chars().take(80).collect());
-    let hex = s
-        .strip_prefix("awk_")
-        .filter(|h| h.len() == 40)
-        .ok_or_else(bad)?;
+    let hex = s.strip_prefix("awk_").filter(|h| h.len() == 40).ok_or_else(bad)?;
     let id: InvocationId = format!("inv_{}", &hex[..32]).parse().map_err(|_| bad())?;
     let index = u32::from_str_radix(&hex[32..], 16).map_err(|_| bad())?;
     Ok((id, index))

@@ -18,8 +18,8 @@ use crate::journal::{Entry, Output};
 use crate::object::{ObjectMsg, ObjectRegistry, SubmitError};
 use crate::schema::SchemaRegistry;
 use crate::storage::{
-    keys, now_ms, HandlerKind, InvocationRecord, InvocationStatus, InvokeMessage, StorageError,
-    Store, Table, TimerRecord, WriteBatch,
+    keys, now_ms, HandlerKind, InvocationRecord, InvocationStatus, InvokeMessage, StorageError, Store, Table,
+    TimerRecord, WriteBatch,
 };
 use crate::timers::TimerService;
 
@@ -77,14 +77,8 @@ pub struct Creation {
 /// Id of the run of workflow (service, key): deterministic, so a second run finds the first.
 pub fn workflow_run_id(object: &ObjectId) -> InvocationId {
     let mut id = InvocationId::new(object.partition_key());
-    id.0[8..].copy_from_slice(
-        &stable_hash(&[
-            b"workflow",
-            object.service.as_bytes(),
-            object.key.as_bytes(),
-        ])
-        .to_be_bytes(),
-    );
+    id.0[8..]
+        .copy_from_slice(&stable_hash(&[b"workflow", object.service.as_bytes(), object.key.as_bytes()]).to_be_bytes());
     id
 }
 
@@ -179,22 +173,18 @@ impl Node {
                     extra: WriteBatch::new(),
                 })
                 .await
-                .map(|()| Submitted {
-                    id,
-                    existing: false,
-                });
+                .map(|()| Submitted { id, existing: false });
         }
         let _gate = self.idempotency_gate.lock().await;
         let store = self.store.clone();
-        let existing =
-            tokio::task::spawn_blocking(move || -> Result<Option<InvocationId>, StorageError> {
-                Ok(match dedup_row {
-                    Some(row) => store.idempotency(&row)?.map(|r| r.invocation_id),
-                    None => store.invocation(&id)?.map(|_| id),
-                })
+        let existing = tokio::task::spawn_blocking(move || -> Result<Option<InvocationId>, StorageError> {
+            Ok(match dedup_row {
+                Some(row) => store.idempotency(&row)?.map(|r| r.invocation_id),
+                None => store.invocation(&id)?.map(|_| id),
             })
-            .await
-            .map_err(|e| StorageError::Io(e.to_string()))??;
+        })
+        .await
+        .map_err(|e| StorageError::Io(e.to_string()))??;
         if let Some(existing) = existing {
             return Ok(Submitted {
                 id: existing,
@@ -207,10 +197,7 @@ impl Node {
             extra: WriteBatch::new(),
         })
         .await
-        .map(|()| Submitted {
-            id,
-            existing: false,
-        })
+        .map(|()| Submitted { id, existing: false })
     }
 
     /// Persists a new invocation (with `extra`) and starts it — or, if it is scheduled for
@@ -225,11 +212,7 @@ impl Node {
             };
             let mut batch = invocation.creation_batch();
             batch.append(extra);
-            batch.put(
-                Table::Timers,
-                timer_key.clone(),
-                crate::storage::encode(&timer),
-            );
+            batch.put(Table::Timers, timer_key.clone(), crate::storage::encode(&timer));
             self.store.writer.commit(batch).await?;
             self.timers.register(timer_key, due, timer);
             return Ok(());
@@ -275,10 +258,7 @@ impl Node {
     pub fn finished(&self, id: InvocationId, output: &Output) {
         self.live.remove(&id);
         self.kill_requests.lock().expect("kill lock").remove(&id);
-        self.cancel_requests
-            .lock()
-            .expect("cancel lock")
-            .remove(&id);
+        self.cancel_requests.lock().expect("cancel lock").remove(&id);
         self.inflight.fetch_sub(1, Ordering::AcqRel);
         self.waiters.notify(id, output);
     }
@@ -314,8 +294,7 @@ impl Node {
             .filter_map(|(k, _)| k.get(2..10))
             .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes")))
             .max();
-        self.outbox_seq
-            .store(last_seq.map_or(0, |s| s + 1), Ordering::Relaxed);
+        self.outbox_seq.store(last_seq.map_or(0, |s| s + 1), Ordering::Relaxed);
         let redelivered = outbox.len();
         for (key, message) in outbox {
             self.deliver(Some(key), message, true).await;
@@ -336,11 +315,7 @@ impl Node {
                 continue; // resumed through its object's inbox
             }
             let journal = self.store.journal(&id)?;
-            let invocation = Invocation {
-                id,
-                record,
-                journal,
-            };
+            let invocation = Invocation { id, record, journal };
             if invocation.record.status == InvocationStatus::Suspended && !invocation.can_resume() {
                 self.suspended
                     .lock()
@@ -350,10 +325,7 @@ impl Node {
             }
             if invocation.record.kind == HandlerKind::Shared {
                 let object = invocation.object();
-                if let Err(e) =
-                    self.objects
-                        .send(self, &object, ObjectMsg::ResumeShared(invocation))
-                {
+                if let Err(e) = self.objects.send(self, &object, ObjectMsg::ResumeShared(invocation)) {
                     tracing::error!(invocation_id = %id, error = %e, "cannot resume shared invocation");
                 }
             } else {
@@ -372,26 +344,25 @@ impl Node {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
             let store = self.store.clone();
-            let expired =
-                tokio::task::spawn_blocking(move || -> Result<WriteBatch, StorageError> {
-                    let mut batch = WriteBatch::new();
-                    for (id, record) in store.expired_invocations(now_ms(), 10_000)? {
-                        let inv = Invocation {
-                            id,
-                            record,
-                            journal: vec![],
-                        };
-                        if let Some(row) = inv.idempotency_row() {
-                            batch.delete(Table::Idempotency, row);
-                        }
-                        for key in store.journal_keys(&id)? {
-                            batch.delete(Table::Journal, key);
-                        }
-                        batch.delete(Table::Invocations, keys::invocation(&id));
+            let expired = tokio::task::spawn_blocking(move || -> Result<WriteBatch, StorageError> {
+                let mut batch = WriteBatch::new();
+                for (id, record) in store.expired_invocations(now_ms(), 10_000)? {
+                    let inv = Invocation {
+                        id,
+                        record,
+                        journal: vec![],
+                    };
+                    if let Some(row) = inv.idempotency_row() {
+                        batch.delete(Table::Idempotency, row);
                     }
-                    Ok(batch)
-                })
-                .await;
+                    for key in store.journal_keys(&id)? {
+                        batch.delete(Table::Journal, key);
+                    }
+                    batch.delete(Table::Invocations, keys::invocation(&id));
+                }
+                Ok(batch)
+            })
+            .await;
             if let Ok(Ok(batch)) = expired {
                 if !batch.is_empty() {
                     if let Err(e) = self.store.writer.commit(batch).await {
@@ -408,9 +379,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.data_dir)?;
     let schema = SchemaRegistry::new(store.deployments()?);
     let actor_threads = Config::threads(config.actor_threads);
-    let arbiters: Vec<_> = (0..actor_threads)
-        .map(|_| Arbiter::new().handle())
-        .collect();
+    let arbiters: Vec<_> = (0..actor_threads).map(|_| Arbiter::new().handle()).collect();
     let node = Arc::new(Node {
         objects: ObjectRegistry::new(arbiters),
         config: config.clone(),
@@ -421,9 +390,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         timers: TimerService::default(),
         inflight: AtomicUsize::new(0),
         idempotency_gate: tokio::sync::Mutex::new(()),
-        stripes: (0..STRIPES_COUNT)
-            .map(|_| tokio::sync::Mutex::new(()))
-            .collect(),
+        stripes: (0..STRIPES_COUNT).map(|_| tokio::sync::Mutex::new(())).collect(),
         attempts: Mutex::new(HashMap::new()),
         suspended: Mutex::new(HashMap::new()),
         kill_requests: Mutex::new(HashSet::new()),
@@ -432,10 +399,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     node.recover().await?;
     actix_rt::spawn(node.clone().sweep());
-    actix_rt::spawn(ObjectRegistry::supervise(
-        node.clone(),
-        Duration::from_secs(1),
-    ));
+    actix_rt::spawn(ObjectRegistry::supervise(node.clone(), Duration::from_secs(1)));
     actix_rt::spawn(TimerService::run(node.clone()));
 
     let data = web::Data::from(node.clone());
@@ -450,16 +414,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .bind(config.ingress_addr)
     .map_err(|e| anyhow::anyhow!("cannot bind ingress on {}: {e}", config.ingress_addr))?
     .run();
-    let admin = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .configure(crate::admin::config)
-    })
-    .workers(1)
-    .shutdown_timeout(5)
-    .bind(config.admin_addr)
-    .map_err(|e| anyhow::anyhow!("cannot bind admin on {}: {e}", config.admin_addr))?
-    .run();
+    let admin = HttpServer::new(move || App::new().app_data(data.clone()).configure(crate::admin::config))
+        .workers(1)
+        .shutdown_timeout(5)
+        .bind(config.admin_addr)
+        .map_err(|e| anyhow::anyhow!("cannot bind admin on {}: {e}", config.admin_addr))?
+        .run();
     tracing::info!(
         ingress = %config.ingress_addr,
         admin = %config.admin_addr,

@@ -62,22 +62,14 @@ impl TimerService {
             let due: Vec<((u64, Vec<u8>), TimerRecord)> = {
                 let mut near = node.timers.near.lock().expect("timers lock");
                 let later = near.timers.split_off(&(now + 1, Vec::new()));
-                std::mem::replace(&mut near.timers, later)
-                    .into_iter()
-                    .collect()
+                std::mem::replace(&mut near.timers, later).into_iter().collect()
             };
             for ((_, key), timer) in due {
                 let node = node.clone();
                 // Each firing is independent; run them concurrently.
                 actix_rt::spawn(async move { fire(&node, key, timer).await });
             }
-            let refill = node
-                .timers
-                .near
-                .lock()
-                .expect("timers lock")
-                .loaded_until_ms
-                <= now + WINDOW_MS / 2;
+            let refill = node.timers.near.lock().expect("timers lock").loaded_until_ms <= now + WINDOW_MS / 2;
             if refill {
                 let store = node.store.clone();
                 let node2 = node.clone();

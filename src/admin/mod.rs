@@ -7,11 +7,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::control::ControlError;
 use crate::http_error::ApiError;
 use crate::ids::{stable_hash, InvocationId};
 use crate::journal::{Entry, Output};
 use crate::node::Node;
-use crate::storage::{encode, keys, now_ms, DeploymentRecord, InvocationRecord, Table, WriteBatch};
+use crate::storage::{encode, keys, now_ms, DeploymentRecord, InvocationRecord, InvocationStatus, Table, WriteBatch};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
@@ -23,7 +24,10 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     .route("/deployments", web::post().to(register_deployment))
     .route("/deployments", web::get().to(list_deployments))
     .route("/services", web::get().to(list_services))
+    .route("/invocations", web::get().to(list_invocations))
     .route("/invocations/{id}", web::get().to(get_invocation))
+    .route("/invocations/{id}/cancel", web::patch().to(cancel_invocation))
+    .route("/invocations/{id}/kill", web::patch().to(kill_invocation))
     .route("/metrics", web::get().to(metrics))
     .default_service(web::to(|req: HttpRequest| async move {
         actix_web::ResponseError::error_response(&ApiError::not_found(format!(
@@ -51,9 +55,7 @@ async fn metrics(node: web::Data<Node>) -> HttpResponse {
         node.inflight(),
         node.objects.active().len(),
     );
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(body)
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
 }
 
 #[derive(Deserialize)]
@@ -76,19 +78,11 @@ async fn register_deployment(
         )));
     }
     let services = crate::schema::discover(&uri).await.map_err(|e| match e {
-        crate::schema::DiscoveryError::Unreachable { .. } => {
-            ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())
-        }
+        crate::schema::DiscoveryError::Unreachable { .. } => ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()),
         crate::schema::DiscoveryError::Invalid { .. } => ApiError::bad_request(e.to_string()),
     })?;
     let id = format!("dp_{:016x}", stable_hash(&[uri.as_bytes()]));
-    let existing = node
-        .schema
-        .snapshot()
-        .deployments
-        .iter()
-        .find(|d| d.id == id)
-        .cloned();
+    let existing = node.schema.snapshot().deployments.iter().find(|d| d.id == id).cloned();
     if let Some(d) = existing.as_ref().filter(|d| d.services == services) {
         return Ok(HttpResponse::Ok().json(deployment_json(d)));
     }
@@ -113,7 +107,8 @@ async fn register_deployment(
 
 async fn list_deployments(node: web::Data<Node>) -> HttpResponse {
     let schema = node.schema.snapshot();
-    HttpResponse::Ok().json(json!({ "deployments": schema.deployments.iter().map(deployment_json).collect::<Vec<_>>() }))
+    HttpResponse::Ok()
+        .json(json!({ "deployments": schema.deployments.iter().map(deployment_json).collect::<Vec<_>>() }))
 }
 
 async fn list_services(node: web::Data<Node>) -> HttpResponse {
@@ -176,12 +171,7 @@ fn readable_payloads(v: &mut Value) {
     }
 }
 
-fn invocation_json(
-    node: &Node,
-    id: InvocationId,
-    record: &InvocationRecord,
-    journal: &[Entry],
-) -> Value {
+fn invocation_json(node: &Node, id: InvocationId, record: &InvocationRecord, journal: &[Entry]) -> Value {
     let live = node.live.get(&id).filter(|_| !record.status.is_finished());
     let status = live.as_ref().map(|l| l.status).unwrap_or(record.status);
     let output = record.output.as_ref().map(|o| match o {
@@ -207,10 +197,7 @@ fn invocation_json(
     })
 }
 
-async fn get_invocation(
-    path: web::Path<String>,
-    node: web::Data<Node>,
-) -> Result<HttpResponse, ApiError> {
+async fn get_invocation(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let id: InvocationId = path
         .parse()
         .map_err(|e: crate::ids::MalformedId| ApiError::bad_request(e.to_string()))?;
@@ -225,8 +212,102 @@ async fn get_invocation(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     match found {
         None => Err(ApiError::not_found(format!("invocation {id} not found"))),
-        Some((record, journal)) => {
-            Ok(HttpResponse::Ok().json(invocation_json(&node, id, &record, &journal)))
-        }
+        Some((record, journal)) => Ok(HttpResponse::Ok().json(invocation_json(&node, id, &record, &journal))),
     }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    service: Option<String>,
+    key: Option<String>,
+    handler: Option<String>,
+    limit: Option<usize>,
+    /// The last id of the previous page.
+    after: Option<String>,
+}
+
+/// Largest page of `GET /invocations`.
+const LIST_LIMIT_MAX: usize = 1000;
+
+/// `GET /invocations?status=&service=&key=&handler=&limit=&after=`: a page of invocations
+/// (without journals), in id order; `nextAfter` continues the listing.
+async fn list_invocations(query: web::Query<ListQuery>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(InvocationStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown status {s:?}: use pending, running, suspended, backing-off, scheduled, completed, failed or killed"
+            ))
+        })?),
+    };
+    let after: Option<InvocationId> = match q.after.as_deref() {
+        None => None,
+        Some(a) => Some(
+            a.parse()
+                .map_err(|e: crate::ids::MalformedId| ApiError::bad_request(e.to_string()))?,
+        ),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, LIST_LIMIT_MAX);
+    let store = node.store.clone();
+    let live_node = node.clone();
+    let page = web::block(move || {
+        store.list_invocations(after.as_ref(), limit, |id, r| {
+            q.service.as_deref().is_none_or(|s| s == r.service)
+                && q.key.as_deref().is_none_or(|k| k == r.key)
+                && q.handler.as_deref().is_none_or(|h| h == r.handler)
+                && status.is_none_or(|s| s == effective_status(&live_node, id, r))
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let next_after = (page.len() == limit)
+        .then(|| page.last().map(|(id, _)| id.to_string()))
+        .flatten();
+    let items: Vec<Value> = page
+        .iter()
+        .map(|(id, r)| invocation_json(&node, *id, r, &[]))
+        .map(|mut v| {
+            if let Value::Object(m) = &mut v {
+                m.remove("journal");
+            }
+            v
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "invocations": items, "nextAfter": next_after })))
+}
+
+fn effective_status(node: &Node, id: &InvocationId, record: &InvocationRecord) -> InvocationStatus {
+    if record.status.is_finished() {
+        return record.status;
+    }
+    node.live.get(id).map(|l| l.status).unwrap_or(record.status)
+}
+
+fn control_error(e: ControlError) -> ApiError {
+    match e {
+        ControlError::NotFound(_) => ApiError::not_found(e.to_string()),
+        ControlError::Finished(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        ControlError::Storage(s) => s.into(),
+    }
+}
+
+/// `PATCH /invocations/{id}/cancel`: the handler sees `TerminalException(409)` at its next
+/// await and may compensate; the calls it waits on are cancelled too.
+async fn cancel_invocation(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let id: InvocationId = path
+        .parse()
+        .map_err(|e: crate::ids::MalformedId| ApiError::bad_request(e.to_string()))?;
+    node.into_inner().cancel(id).await.map_err(control_error)?;
+    Ok(HttpResponse::Accepted().json(json!({ "id": id.to_string(), "status": "cancel requested" })))
+}
+
+/// `PATCH /invocations/{id}/kill`: stops at once, without compensation; status `killed`.
+async fn kill_invocation(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let id: InvocationId = path
+        .parse()
+        .map_err(|e: crate::ids::MalformedId| ApiError::bad_request(e.to_string()))?;
+    node.into_inner().kill(id).await.map_err(control_error)?;
+    Ok(HttpResponse::Accepted().json(json!({ "id": id.to_string(), "status": "kill requested" })))
 }

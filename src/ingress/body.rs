@@ -13,11 +13,7 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-pub async fn read_limited(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Vec<u8>, ApiError> {
+pub async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -28,8 +24,7 @@ pub async fn read_limited(
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request(format!("could not read request body: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large(limit));
         }

@@ -4,6 +4,7 @@
 //! of storage layout or actors.
 
 mod body;
+mod callbacks;
 
 use std::sync::Arc;
 
@@ -28,10 +29,10 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/invocations/{id}/output", web::get().to(output))
         .route("/restate/invocation/{id}/attach", web::get().to(attach))
         .route("/restate/invocation/{id}/output", web::get().to(output))
+        .configure(callbacks::config)
         .route("/{tail:.*}", web::post().to(invoke))
         .default_service(web::to(|req: HttpRequest| async move {
-            ApiError::not_found(format!("no route for {} {}", req.method(), req.path()))
-                .error_response_owned()
+            ApiError::not_found(format!("no route for {} {}", req.method(), req.path())).error_response_owned()
         }));
 }
 
@@ -79,15 +80,14 @@ fn decode(segment: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("path segment {segment:?} is not valid UTF-8")))
 }
 
-fn parse_target(
-    node: &Node,
-    path: &str,
-) -> Result<(Target, crate::schema::ServiceEntry), ApiError> {
+fn parse_target(node: &Node, path: &str) -> Result<(Target, crate::schema::ServiceEntry), ApiError> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let service_name = decode(segments[0])?;
     let schema = node.schema.snapshot();
     let Some(service) = schema.services.get(&service_name) else {
-        return Err(ApiError::not_found(format!("service {service_name:?} not found; registered services: GET /services on the admin API")));
+        return Err(ApiError::not_found(format!(
+            "service {service_name:?} not found; registered services: GET /services on the admin API"
+        )));
     };
     let target = match (service.kind, segments.as_slice()) {
         (ServiceKind::Service, [_, h]) => Target {
@@ -135,11 +135,7 @@ fn parse_target(
     Ok((target, service.clone()))
 }
 
-async fn invoke(
-    req: HttpRequest,
-    payload: web::Payload,
-    node: web::Data<Node>,
-) -> Result<HttpResponse, ApiError> {
+async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let node: Arc<Node> = node.into_inner();
     let (target, service) = parse_target(&node, req.path())?;
     let delay = parse_delay(req.query_string(), target.send)?;
@@ -177,8 +173,7 @@ async fn invoke(
         } else {
             "Accepted"
         };
-        return Ok(HttpResponse::Accepted()
-            .json(json!({ "invocationId": submitted.id.to_string(), "status": status })));
+        return Ok(HttpResponse::Accepted().json(json!({ "invocationId": submitted.id.to_string(), "status": status })));
     }
     wait_for(&node, submitted.id).await
 }
@@ -196,9 +191,7 @@ fn parse_delay(query: &str, send: bool) -> Result<Option<std::time::Duration>, A
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if name != "delay" {
-            return Err(ApiError::bad_request(format!(
-                "unknown query parameter {name:?}"
-            )));
+            return Err(ApiError::bad_request(format!("unknown query parameter {name:?}")));
         }
         if !send {
             return Err(ApiError::bad_request("delay is only allowed with /send"));
@@ -210,11 +203,9 @@ fn parse_delay(query: &str, send: bool) -> Result<Option<std::time::Duration>, A
             v if v.ends_with('h') => (&v[..v.len() - 1], 3_600_000),
             v => (v, 1),
         };
-        let n: u64 = digits.parse().map_err(|_| {
-            ApiError::bad_request(format!(
-                "malformed delay {value:?}: use e.g. 10s, 500ms, 2m, 1h"
-            ))
-        })?;
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("malformed delay {value:?}: use e.g. 10s, 500ms, 2m, 1h")))?;
         delay = Some(std::time::Duration::from_millis(n.saturating_mul(unit_ms)));
     }
     Ok(delay)
@@ -232,6 +223,11 @@ async fn attach(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpRe
 
 async fn output(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
+    output_of(&node, id).await
+}
+
+/// The output if finished, 470 if not.
+async fn output_of(node: &Node, id: InvocationId) -> Result<HttpResponse, ApiError> {
     let store = node.store.clone();
     let record = web::block(move || store.invocation(&id))
         .await

@@ -18,9 +18,7 @@ use crate::ids::{InvocationId, ObjectId};
 use crate::invoker::{Attempt, AttemptOutcome, StateCache, SIGNALS_CAPACITY};
 use crate::journal::{codes, CompletionResult, Entry, Failure, Output};
 use crate::node::Node;
-use crate::storage::{
-    encode, keys, now_ms, InvocationRecord, InvocationStatus, OutboxMessage, Table, WriteBatch,
-};
+use crate::storage::{encode, keys, now_ms, InvocationRecord, InvocationStatus, OutboxMessage, Table, WriteBatch};
 
 /// An invocation in memory: its record and its durable journal.
 #[derive(Clone)]
@@ -61,33 +59,19 @@ impl Invocation {
     /// its inbox row.
     pub fn creation_batch(&self) -> WriteBatch {
         let mut batch = WriteBatch::new();
-        batch.put(
-            Table::Invocations,
-            keys::invocation(&self.id),
-            encode(&self.record),
-        );
+        batch.put(Table::Invocations, keys::invocation(&self.id), encode(&self.record));
         for (i, entry) in self.journal.iter().enumerate() {
-            batch.put(
-                Table::Journal,
-                keys::journal_entry(&self.id, i as u32),
-                encode(entry),
-            );
+            batch.put(Table::Journal, keys::journal_entry(&self.id, i as u32), encode(entry));
         }
         if let Some(row) = self.idempotency_row() {
             batch.put(
                 Table::Idempotency,
                 row,
-                encode(&crate::storage::IdempotencyRecord {
-                    invocation_id: self.id,
-                }),
+                encode(&crate::storage::IdempotencyRecord { invocation_id: self.id }),
             );
         }
         if let Some(seq) = self.record.inbox_seq {
-            batch.put(
-                Table::Inbox,
-                keys::inbox_entry(&self.object(), seq),
-                encode(&self.id),
-            );
+            batch.put(Table::Inbox, keys::inbox_entry(&self.object(), seq), encode(&self.id));
         }
         batch
     }
@@ -95,12 +79,11 @@ impl Invocation {
     /// A suspended invocation may run again once one of the entries it waits on is completed.
     pub fn can_resume(&self) -> bool {
         self.record.waiting_on.is_empty()
-            || self.record.waiting_on.iter().any(|i| {
-                self.journal
-                    .get(*i as usize)
-                    .and_then(|e| e.result())
-                    .is_some()
-            })
+            || self
+                .record
+                .waiting_on
+                .iter()
+                .any(|i| self.journal.get(*i as usize).and_then(|e| e.result()).is_some())
     }
 
     /// A completable entry without a result: a new attempt must re-read the journal first.
@@ -148,11 +131,7 @@ fn finish_writes(
 }
 
 /// Runs `inv` until it finishes or suspends.
-pub async fn drive(
-    node: Arc<Node>,
-    mut inv: Invocation,
-    state: Option<Arc<StateCache>>,
-) -> DriveEnd {
+pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<StateCache>>) -> DriveEnd {
     let id = inv.id;
     loop {
         if node.kill_requests.lock().expect("kill lock").contains(&id) {
@@ -171,10 +150,7 @@ pub async fn drive(
         let Some(endpoint) = node.schema.endpoint_of(&inv.record.deployment_id) else {
             let failure = Failure {
                 code: codes::PROTOCOL_VIOLATION,
-                message: format!(
-                    "deployment {} is no longer registered",
-                    inv.record.deployment_id
-                ),
+                message: format!("deployment {} is no longer registered", inv.record.deployment_id),
             };
             finish(&node, inv, InvocationStatus::Failed, failure).await;
             return DriveEnd::Finished;
@@ -197,11 +173,7 @@ pub async fn drive(
             rx
         };
         inv.record.attempts += 1;
-        inv.record.cancel_requested |= node
-            .cancel_requests
-            .lock()
-            .expect("cancel lock")
-            .contains(&id);
+        inv.record.cancel_requested |= node.cancel_requests.lock().expect("cancel lock").contains(&id);
         node.live.set(
             id,
             LiveStatus {
@@ -217,23 +189,12 @@ pub async fn drive(
         running.waiting_on.clear();
         running.modified_at_ms = now_ms();
         let running_row = encode(&running);
-        let on_first_commit = |batch: &mut WriteBatch| {
-            batch.put(
-                Table::Invocations,
-                keys::invocation(&id),
-                running_row.clone(),
-            )
-        };
+        let on_first_commit =
+            |batch: &mut WriteBatch| batch.put(Table::Invocations, keys::invocation(&id), running_row.clone());
         let caller_message: Mutex<Option<(Vec<u8>, OutboxMessage)>> = Mutex::new(None);
         let on_output = |batch: &mut WriteBatch, output: &Output| {
-            *caller_message.lock().expect("caller message lock") = finish_writes(
-                &node,
-                &id,
-                &record,
-                InvocationStatus::Completed,
-                output,
-                batch,
-            );
+            *caller_message.lock().expect("caller message lock") =
+                finish_writes(&node, &id, &record, InvocationStatus::Completed, output, batch);
         };
         let outcome = Attempt {
             node: &node,
@@ -290,22 +251,13 @@ pub async fn drive(
                 tracing::warn!(invocation_id = %id, attempt = inv.record.attempts, %error, "invocation.attempt_failed");
                 let policy = node
                     .schema
-                    .retry_policy(
-                        &inv.record.deployment_id,
-                        &inv.record.service,
-                        &inv.record.handler,
-                    )
+                    .retry_policy(&inv.record.deployment_id, &inv.record.service, &inv.record.handler)
                     .unwrap_or_default();
-                let max_attempts = policy
-                    .max_attempts
-                    .unwrap_or(node.config.retry_max_attempts);
+                let max_attempts = policy.max_attempts.unwrap_or(node.config.retry_max_attempts);
                 if max_attempts != 0 && inv.record.attempts >= max_attempts {
                     let failure = Failure {
                         code: codes::RETRIES_EXHAUSTED,
-                        message: format!(
-                            "gave up after {} attempts; last error: {error}",
-                            inv.record.attempts
-                        ),
+                        message: format!("gave up after {} attempts; last error: {error}", inv.record.attempts),
                     };
                     finish(&node, inv, InvocationStatus::Failed, failure).await;
                     return DriveEnd::Finished;
@@ -331,11 +283,7 @@ pub async fn drive(
                 );
                 // Persisting the attempt count is informational: not awaited, ordered by the writer.
                 let mut batch = WriteBatch::new();
-                batch.put(
-                    Table::Invocations,
-                    keys::invocation(&id),
-                    encode(&inv.record),
-                );
+                batch.put(Table::Invocations, keys::invocation(&id), encode(&inv.record));
                 let commit = node.store.writer.commit(batch);
                 actix_rt::spawn(async move {
                     if let Err(e) = commit.await {
@@ -365,17 +313,9 @@ async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -
     }
     inv.record.status = InvocationStatus::Suspended;
     inv.record.modified_at_ms = now_ms();
-    inv.record.cancel_requested |= node
-        .cancel_requests
-        .lock()
-        .expect("cancel lock")
-        .contains(&id);
+    inv.record.cancel_requested |= node.cancel_requests.lock().expect("cancel lock").contains(&id);
     let mut batch = WriteBatch::new();
-    batch.put(
-        Table::Invocations,
-        keys::invocation(&id),
-        encode(&inv.record),
-    );
+    batch.put(Table::Invocations, keys::invocation(&id), encode(&inv.record));
     if let Err(e) = node.commit_retrying(batch).await {
         tracing::warn!(invocation_id = %id, error = %e, "could not record the suspension");
     }
@@ -388,10 +328,7 @@ async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -
             next_retry_at_ms: None,
         },
     );
-    node.suspended
-        .lock()
-        .expect("suspended lock")
-        .insert(id, waiting_on);
+    node.suspended.lock().expect("suspended lock").insert(id, waiting_on);
     tracing::debug!(invocation_id = %id, "invocation.suspended");
     true
 }
@@ -400,10 +337,7 @@ async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -
 async fn finish(node: &Arc<Node>, inv: Invocation, status: InvocationStatus, failure: Failure) {
     tracing::warn!(invocation_id = %inv.id, code = failure.code, message = %failure.message, status = status.as_str(), "invocation.failed");
     node.attempts.lock().expect("attempts lock").remove(&inv.id);
-    node.suspended
-        .lock()
-        .expect("suspended lock")
-        .remove(&inv.id);
+    node.suspended.lock().expect("suspended lock").remove(&inv.id);
     let output = Output::Failure(failure);
     let mut record = inv.record.clone();
     if let Output::Failure(f) = &output {

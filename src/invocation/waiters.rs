@@ -15,12 +15,7 @@ impl Waiters {
     /// Subscribe *before* checking storage for a finished output, so none is missed.
     pub fn subscribe(&self, id: InvocationId) -> oneshot::Receiver<Output> {
         let (tx, rx) = oneshot::channel();
-        self.0
-            .lock()
-            .expect("waiters lock")
-            .entry(id)
-            .or_default()
-            .push(tx);
+        self.0.lock().expect("waiters lock").entry(id).or_default().push(tx);
         rx
     }
 

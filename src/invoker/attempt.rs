@@ -90,17 +90,14 @@ impl Attempt<'_> {
             self.record.service,
             self.record.handler
         );
-        let timeout =
-            std::time::Duration::from_millis(self.node.config.attempt_inactivity_timeout_ms);
+        let timeout = std::time::Duration::from_millis(self.node.config.attempt_inactivity_timeout_ms);
         let request = http_client()
             .post(&url)
             .header("content-type", frame::CONTENT_TYPE)
             .body(reqwest::Body::wrap_stream(ReceiverStream::new(rx)))
             .send();
         let response = match tokio::time::timeout(timeout, request).await {
-            Err(_) => {
-                return AttemptOutcome::Retryable(format!("{url}: no response within {timeout:?}"))
-            }
+            Err(_) => return AttemptOutcome::Retryable(format!("{url}: no response within {timeout:?}")),
             Ok(Err(e)) => return AttemptOutcome::Retryable(format!("{url}: {}", error_chain(&e))),
             Ok(Ok(r)) => r,
         };
@@ -115,12 +112,7 @@ impl Attempt<'_> {
         self.stream(response, tx, timeout).await
     }
 
-    async fn stream(
-        mut self,
-        response: reqwest::Response,
-        tx: Body,
-        timeout: std::time::Duration,
-    ) -> AttemptOutcome {
+    async fn stream(mut self, response: reqwest::Response, tx: Body, timeout: std::time::Duration) -> AttemptOutcome {
         let mut body = response.bytes_stream();
         let mut decoder = frame::Decoder::new(self.node.config.max_frame_bytes);
         let mut next_index = self.journal.len() as u32;
@@ -276,22 +268,12 @@ impl Attempt<'_> {
 
     /// Records a durable completion in the journal copy and tells the SDK.
     fn completed(&mut self, tx: &Body, index: u32, result: CompletionResult) {
-        if let Some(slot) = self
-            .journal
-            .get_mut(index as usize)
-            .and_then(|e| e.result_slot())
-        {
+        if let Some(slot) = self.journal.get_mut(index as usize).and_then(|e| e.result_slot()) {
             if slot.is_none() {
                 *slot = Some(result.clone());
                 send_frame(
                     tx,
-                    frame::encode(
-                        frame::COMPLETION,
-                        &CompletionFrame {
-                            index,
-                            result: &result,
-                        },
-                    ),
+                    frame::encode(frame::COMPLETION, &CompletionFrame { index, result: &result }),
                 );
             }
         }

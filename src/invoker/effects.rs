@@ -9,8 +9,8 @@ use crate::ids::{parse_awakeable_id, InvocationId, ObjectId};
 use crate::journal::{CompletionResult, Entry, Failure, Output, StateEffect};
 use crate::node::workflow_run_id;
 use crate::storage::{
-    encode, keys, now_ms, HandlerKind, InvokeMessage, OutboxMessage, PromiseMessage, PromiseOp,
-    ServiceKind, Table, TimerRecord, WriteBatch,
+    encode, keys, now_ms, HandlerKind, InvokeMessage, OutboxMessage, PromiseMessage, PromiseOp, ServiceKind, Table,
+    TimerRecord, WriteBatch,
 };
 
 /// An action taken once the batch is durable, in order.
@@ -71,9 +71,7 @@ impl Attempt<'_> {
                     written.insert(name.clone());
                     batch.put(Table::State, keys::state_entry(&me, name), value.clone());
                 }
-                StateEffect::Clear(name) => {
-                    batch.delete(Table::State, keys::state_entry(&me, name))
-                }
+                StateEffect::Clear(name) => batch.delete(Table::State, keys::state_entry(&me, name)),
                 StateEffect::ClearAll => {
                     let cached = self.state.map(|s| s.snapshot()).unwrap_or_default();
                     for name in cached.keys().chain(written.iter()) {
@@ -88,10 +86,7 @@ impl Attempt<'_> {
             Entry::GetPromise { name, .. } => Some((name.clone(), PromiseOp::Get)),
             Entry::PeekPromise { name, .. } => Some((name.clone(), PromiseOp::Peek)),
             Entry::CompletePromise {
-                name,
-                value,
-                failure,
-                ..
+                name, value, failure, ..
             } => Some((
                 name.clone(),
                 PromiseOp::Complete(CompletionResult {
@@ -133,35 +128,22 @@ impl Attempt<'_> {
                 value,
                 invocation_id,
                 result,
-            } => {
-                match self.invoke_message(
-                    service,
-                    handler,
-                    key,
-                    value,
-                    Some((self.id, index)),
-                    None,
-                ) {
-                    Ok(message) => {
-                        *invocation_id = Some(message.id);
-                        pending.after.push(self.stage(
-                            batch,
-                            partition,
-                            OutboxMessage::Invoke(message),
-                        ));
-                    }
-                    Err(failure) => {
-                        let completion = CompletionResult {
-                            value: None,
-                            failure: Some(failure),
-                        };
-                        *result = Some(completion.clone());
-                        pending
-                            .after
-                            .push(AfterCommit::Completed(index, completion));
-                    }
+            } => match self.invoke_message(service, handler, key, value, Some((self.id, index)), None) {
+                Ok(message) => {
+                    *invocation_id = Some(message.id);
+                    pending
+                        .after
+                        .push(self.stage(batch, partition, OutboxMessage::Invoke(message)));
                 }
-            }
+                Err(failure) => {
+                    let completion = CompletionResult {
+                        value: None,
+                        failure: Some(failure),
+                    };
+                    *result = Some(completion.clone());
+                    pending.after.push(AfterCommit::Completed(index, completion));
+                }
+            },
             Entry::Send {
                 service,
                 handler,
@@ -171,8 +153,7 @@ impl Attempt<'_> {
                 invocation_id,
             } => {
                 let not_before = delay_ms.filter(|d| *d > 0).map(|d| now_ms() + d);
-                let message =
-                    self.invoke_message(service, handler, key, value, None, not_before)?;
+                let message = self.invoke_message(service, handler, key, value, None, not_before)?;
                 *invocation_id = Some(message.id);
                 pending
                     .after
@@ -185,13 +166,10 @@ impl Attempt<'_> {
                     index,
                 };
                 batch.put(Table::Timers, key.clone(), encode(&timer));
-                pending
-                    .after
-                    .push(AfterCommit::ArmTimer(key, *wake_up_at_ms, timer));
+                pending.after.push(AfterCommit::ArmTimer(key, *wake_up_at_ms, timer));
             }
             Entry::CompleteAwakeable { id, value, failure } => {
-                let (target, target_index) =
-                    parse_awakeable_id(id).map_err(|e| bad_request(e.to_string()))?;
+                let (target, target_index) = parse_awakeable_id(id).map_err(|e| bad_request(e.to_string()))?;
                 let result = CompletionResult {
                     value: value.clone(),
                     failure: failure.clone(),
@@ -208,11 +186,7 @@ impl Attempt<'_> {
             }
             _ => {}
         }
-        batch.put(
-            Table::Journal,
-            keys::journal_entry(&self.id, index),
-            encode(&entry),
-        );
+        batch.put(Table::Journal, keys::journal_entry(&self.id, index), encode(&entry));
         pending.output = crate::journal::output_of(&entry);
         pending.effects.push(effect);
         pending.entries.push(entry);

@@ -102,10 +102,7 @@ impl Decoder {
         let frame_type = u16::from_be_bytes([self.buf[0], self.buf[1]]);
         let flags = u16::from_be_bytes([self.buf[2], self.buf[3]]);
         let len = u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]) as usize;
-        if !matches!(
-            frame_type,
-            START | ENTRY | ACK | END | ERROR | 0x0004 | 0x0007
-        ) {
+        if !matches!(frame_type, START | ENTRY | ACK | END | ERROR | 0x0004 | 0x0007) {
             return Err(FrameError::UnknownType(frame_type));
         }
         if flags != 0 {

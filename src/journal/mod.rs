@@ -286,11 +286,7 @@ pub enum StateEffect {
 }
 
 /// Why an entry from the SDK is refused; each ends the invocation with this failure.
-pub fn check_sdk_entry(
-    kind: HandlerKind,
-    expected_index: u32,
-    frame: &IndexedEntry,
-) -> Result<StateEffect, Failure> {
+pub fn check_sdk_entry(kind: HandlerKind, expected_index: u32, frame: &IndexedEntry) -> Result<StateEffect, Failure> {
     if frame.index != expected_index {
         return Err(Failure {
             code: codes::PROTOCOL_VIOLATION,
@@ -305,16 +301,17 @@ pub fn check_sdk_entry(
     if matches!(entry, Entry::Input { .. }) {
         return Err(Failure {
             code: codes::PROTOCOL_VIOLATION,
-            message: format!(
-                "protocol violation: SDK sent an input entry at index {}",
-                frame.index
-            ),
+            message: format!("protocol violation: SDK sent an input entry at index {}", frame.index),
         });
     }
     if entry.result().is_some() {
         return Err(Failure {
             code: codes::PROTOCOL_VIOLATION,
-            message: format!("protocol violation: SDK sent {} at index {} with a result; results come from the runtime", entry.kind(), frame.index),
+            message: format!(
+                "protocol violation: SDK sent {} at index {} with a result; results come from the runtime",
+                entry.kind(),
+                frame.index
+            ),
         });
     }
     if let Entry::Run { value, failure, .. }
@@ -359,9 +356,7 @@ pub fn check_sdk_entry(
 pub fn output_of(entry: &Entry) -> Option<Output> {
     match entry {
         Entry::Output { value: Some(v), .. } => Some(Output::Value(v.clone())),
-        Entry::Output {
-            failure: Some(f), ..
-        } => Some(Output::Failure(f.clone())),
+        Entry::Output { failure: Some(f), .. } => Some(Output::Failure(f.clone())),
         _ => None,
     }
 }
@@ -407,19 +402,9 @@ mod tests {
                 at(1, Entry::ClearAllState),
                 Err(codes::STATE_WRITE_IN_SHARED),
             ),
-            (
-                HandlerKind::Exclusive,
-                2,
-                at(1, set),
-                Err(codes::PROTOCOL_VIOLATION),
-            ),
+            (HandlerKind::Exclusive, 2, at(1, set), Err(codes::PROTOCOL_VIOLATION)),
             (HandlerKind::Shared, 1, at(1, run_ok), Ok(())),
-            (
-                HandlerKind::Shared,
-                1,
-                at(1, run_both),
-                Err(codes::PROTOCOL_VIOLATION),
-            ),
+            (HandlerKind::Shared, 1, at(1, run_both), Err(codes::PROTOCOL_VIOLATION)),
             (
                 HandlerKind::Shared,
                 1,
@@ -428,9 +413,7 @@ mod tests {
             ),
         ];
         for (kind, expected, frame, want) in cases {
-            let got = check_sdk_entry(kind, expected, &frame)
-                .map(|_| ())
-                .map_err(|f| f.code);
+            let got = check_sdk_entry(kind, expected, &frame).map(|_| ()).map_err(|f| f.code);
             assert_eq!(got, want, "{kind:?} {frame:?}");
         }
     }
@@ -455,8 +438,7 @@ mod tests {
                 value: None,
             },
         );
-        let back: IndexedEntry =
-            rmp_serde::from_slice(&rmp_serde::to_vec_named(&get).unwrap()).unwrap();
+        let back: IndexedEntry = rmp_serde::from_slice(&rmp_serde::to_vec_named(&get).unwrap()).unwrap();
         assert_eq!(back, get);
     }
 }

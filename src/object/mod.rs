@@ -185,31 +185,33 @@ impl ObjectActor {
             self.running_shared += 1; // keeps the actor from passivating before it runs
             Some(invocation)
         };
-        ctx.spawn(commit.into_actor(self).map(
-            move |result: Result<(), StorageError>, act, ctx| {
-                if shared.is_some() {
-                    act.running_shared -= 1;
-                }
-                match result {
-                    Err(e) => {
-                        act.queue.retain(|q| q.id != id);
-                        let _ = reply.send(Err(SubmitError::Storage(e)));
+        ctx.spawn(
+            commit
+                .into_actor(self)
+                .map(move |result: Result<(), StorageError>, act, ctx| {
+                    if shared.is_some() {
+                        act.running_shared -= 1;
                     }
-                    Ok(()) => {
-                        let _ = reply.send(Ok(()));
-                        match shared {
-                            Some(invocation) => act.run_shared(invocation, ctx),
-                            None => {
-                                if let Some(q) = act.queue.iter_mut().find(|q| q.id == id) {
-                                    q.durable = true;
+                    match result {
+                        Err(e) => {
+                            act.queue.retain(|q| q.id != id);
+                            let _ = reply.send(Err(SubmitError::Storage(e)));
+                        }
+                        Ok(()) => {
+                            let _ = reply.send(Ok(()));
+                            match shared {
+                                Some(invocation) => act.run_shared(invocation, ctx),
+                                None => {
+                                    if let Some(q) = act.queue.iter_mut().find(|q| q.id == id) {
+                                        q.durable = true;
+                                    }
+                                    act.run_next(ctx);
                                 }
-                                act.run_next(ctx);
                             }
                         }
                     }
-                }
-            },
-        ));
+                }),
+        );
     }
 }
 
@@ -228,29 +230,25 @@ impl Actor for ObjectActor {
             .await
             .map_err(|e| StorageError::Io(e.to_string()))?
         };
-        ctx.wait(
-            loading
-                .into_actor(self)
-                .map(|result, act, ctx| match result {
-                    Ok((inbox, state)) => {
-                        act.next_seq = inbox.last().map(|(seq, _)| seq + 1).unwrap_or(0);
-                        act.queue = inbox
-                            .into_iter()
-                            .map(|(_, id)| Queued {
-                                id,
-                                loaded: None,
-                                durable: true,
-                            })
-                            .collect();
-                        act.state = Some(Arc::new(StateCache::new(state)));
-                        act.run_next(ctx);
-                    }
-                    Err(e) => {
-                        tracing::error!(object = %act.object, error = %e, "cannot activate object");
-                        ctx.stop();
-                    }
-                }),
-        );
+        ctx.wait(loading.into_actor(self).map(|result, act, ctx| match result {
+            Ok((inbox, state)) => {
+                act.next_seq = inbox.last().map(|(seq, _)| seq + 1).unwrap_or(0);
+                act.queue = inbox
+                    .into_iter()
+                    .map(|(_, id)| Queued {
+                        id,
+                        loaded: None,
+                        durable: true,
+                    })
+                    .collect();
+                act.state = Some(Arc::new(StateCache::new(state)));
+                act.run_next(ctx);
+            }
+            Err(e) => {
+                tracing::error!(object = %act.object, error = %e, "cannot activate object");
+                ctx.stop();
+            }
+        }));
         let idle = Duration::from_millis(self.node.config.object_idle_ms);
         ctx.run_interval(idle.max(Duration::from_millis(100)) / 2, move |act, ctx| {
             if act.is_idle()

@@ -56,17 +56,10 @@ impl ObjectRegistry {
     }
 
     /// Sends `msg` to the object's actor, starting it if needed.
-    pub fn send(
-        &self,
-        node: &Arc<Node>,
-        object: &ObjectId,
-        mut msg: ObjectMsg,
-    ) -> Result<(), SubmitError> {
+    pub fn send(&self, node: &Arc<Node>, object: &ObjectId, mut msg: ObjectMsg) -> Result<(), SubmitError> {
         for _ in 0..3 {
             let mut actors = self.actors.lock().expect("registry lock");
-            let slot = actors
-                .entry(object.clone())
-                .or_insert_with(|| self.start(node, object));
+            let slot = actors.entry(object.clone()).or_insert_with(|| self.start(node, object));
             slot.handle.pending.fetch_add(1, Ordering::AcqRel);
             match slot.addr.try_send(msg) {
                 Ok(()) => return Ok(()),
@@ -86,13 +79,10 @@ impl ObjectRegistry {
 
     fn start(&self, node: &Arc<Node>, object: &ObjectId) -> Slot {
         let handle = Arc::new(ActorHandle::default());
-        let arbiter =
-            &self.arbiters[(stable_hash(&[object.service.as_bytes(), object.key.as_bytes()])
-                % self.arbiters.len() as u64) as usize];
+        let arbiter = &self.arbiters
+            [(stable_hash(&[object.service.as_bytes(), object.key.as_bytes()]) % self.arbiters.len() as u64) as usize];
         let (node, object_owned, h) = (node.clone(), object.clone(), handle.clone());
-        let addr = ObjectActor::start_in_arbiter(arbiter, move |_| {
-            ObjectActor::new(node, object_owned, h)
-        });
+        let addr = ObjectActor::start_in_arbiter(arbiter, move |_| ObjectActor::new(node, object_owned, h));
         Slot { addr, handle }
     }
 
@@ -100,10 +90,7 @@ impl ObjectRegistry {
     pub fn try_passivate(&self, object: &ObjectId, handle: &Arc<ActorHandle>) -> bool {
         let mut actors = self.actors.lock().expect("registry lock");
         match actors.get(object) {
-            Some(slot)
-                if Arc::ptr_eq(&slot.handle, handle)
-                    && handle.pending.load(Ordering::Acquire) == 0 =>
-            {
+            Some(slot) if Arc::ptr_eq(&slot.handle, handle) && handle.pending.load(Ordering::Acquire) == 0 => {
                 actors.remove(object);
                 true
             }
@@ -113,13 +100,7 @@ impl ObjectRegistry {
 
     /// Active objects, for the admin API.
     pub fn active(&self) -> Vec<ObjectId> {
-        let mut v: Vec<ObjectId> = self
-            .actors
-            .lock()
-            .expect("registry lock")
-            .keys()
-            .cloned()
-            .collect();
+        let mut v: Vec<ObjectId> = self.actors.lock().expect("registry lock").keys().cloned().collect();
         v.sort();
         v
     }
@@ -153,8 +134,6 @@ impl ObjectRegistry {
     /// Starts the object's actor (its activation resumes its inbox) if it is not running.
     pub fn activate(&self, node: &Arc<Node>, object: &ObjectId) {
         let mut actors = self.actors.lock().expect("registry lock");
-        actors
-            .entry(object.clone())
-            .or_insert_with(|| self.start(node, object));
+        actors.entry(object.clone()).or_insert_with(|| self.start(node, object));
     }
 }

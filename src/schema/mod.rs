@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::storage::{
-    DeploymentRecord, HandlerKind, HandlerRecord, RetryPolicy, ServiceKind, ServiceRecord,
-};
+use crate::storage::{DeploymentRecord, HandlerKind, HandlerRecord, RetryPolicy, ServiceKind, ServiceRecord};
 
 /// A service as the ingress sees it.
 #[derive(Clone, Debug)]
@@ -69,10 +67,7 @@ impl Schema {
                 );
             }
         }
-        Self {
-            services,
-            deployments,
-        }
+        Self { services, deployments }
     }
 }
 
@@ -102,20 +97,11 @@ impl SchemaRegistry {
     }
 
     /// The handler's own retry policy, from the deployment an invocation is pinned to.
-    pub fn retry_policy(
-        &self,
-        deployment_id: &str,
-        service: &str,
-        handler: &str,
-    ) -> Option<RetryPolicy> {
+    pub fn retry_policy(&self, deployment_id: &str, service: &str, handler: &str) -> Option<RetryPolicy> {
         let schema = self.snapshot();
         let deployment = schema.deployments.iter().find(|d| d.id == deployment_id)?;
         let service = deployment.services.iter().find(|s| s.name == service)?;
-        service
-            .handlers
-            .iter()
-            .find(|h| h.name == handler)?
-            .retry_policy
+        service.handlers.iter().find(|h| h.name == handler)?.retry_policy
     }
 
     pub fn endpoint_of(&self, deployment_id: &str) -> Option<String> {
@@ -185,12 +171,8 @@ pub async fn discover(uri: &str) -> Result<Vec<ServiceRecord>, DiscoveryError> {
     if !response.status().is_success() {
         return Err(invalid(format!("status {}", response.status())));
     }
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let parsed: DiscoveryResponse =
-        serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+    let body = response.bytes().await.map_err(|e| unreachable(e.to_string()))?;
+    let parsed: DiscoveryResponse = serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
     if parsed.protocol_version != crate::invoker::frame::PROTOCOL_VERSION {
         return Err(invalid(format!(
             "protocol version {} is not supported (this runtime speaks {})",
@@ -219,20 +201,12 @@ pub async fn discover(uri: &str) -> Result<Vec<ServiceRecord>, DiscoveryError> {
             "service" => ServiceKind::Service,
             "virtual_object" => ServiceKind::VirtualObject,
             "workflow" => ServiceKind::Workflow,
-            other => {
-                return Err(invalid(format!(
-                    "service {}: kind {other:?} is not supported",
-                    s.name
-                )))
-            }
+            other => return Err(invalid(format!("service {}: kind {other:?} is not supported", s.name))),
         };
         let mut handlers = Vec::new();
         for h in s.handlers {
             if !valid_name(&h.name) {
-                return Err(invalid(format!(
-                    "handler name {:?} of {} is not valid",
-                    h.name, s.name
-                )));
+                return Err(invalid(format!("handler name {:?} of {} is not valid", h.name, s.name)));
             }
             let hk = match (kind, h.kind.as_deref()) {
                 (ServiceKind::Service, _) => "shared",

@@ -27,10 +27,7 @@ pub enum StorageError {
     #[error("storage I/O error: {0}")]
     Io(String),
     #[error("corrupt record in table {table}: {message}")]
-    Corrupt {
-        table: &'static str,
-        message: String,
-    },
+    Corrupt { table: &'static str, message: String },
     #[error("storage writer queue is full")]
     Overloaded,
     #[error("storage writer has stopped")]
@@ -95,8 +92,7 @@ pub struct Store {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StorageError::Io(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::Io(format!("{}: {e}", dir.display())))?;
         let db = Database::builder(dir).open()?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
         let tables = Tables {
@@ -130,10 +126,7 @@ impl Store {
             if index as usize != entries.len() {
                 return Err(StorageError::Corrupt {
                     table: "journal",
-                    message: format!(
-                        "{id}: entry {index} found where {} was expected",
-                        entries.len()
-                    ),
+                    message: format!("{id}: entry {index} found where {} was expected", entries.len()),
                 });
             }
             entries.push(decode("journal", &value)?);
@@ -158,11 +151,9 @@ impl Store {
         let mut rows = Vec::new();
         for item in self.tables.inbox.prefix(&prefix) {
             let (key, value) = item.into_inner()?;
-            let seq = u64::from_be_bytes(key[prefix.len()..].try_into().map_err(|_| {
-                StorageError::Corrupt {
-                    table: "inbox",
-                    message: "bad sequence number".into(),
-                }
+            let seq = u64::from_be_bytes(key[prefix.len()..].try_into().map_err(|_| StorageError::Corrupt {
+                table: "inbox",
+                message: "bad sequence number".into(),
             })?);
             rows.push((seq, decode("inbox", &value)?));
         }
@@ -187,9 +178,7 @@ impl Store {
     }
 
     /// Every invocation that has not finished, for recovery on start.
-    pub fn unfinished_invocations(
-        &self,
-    ) -> Result<Vec<(InvocationId, InvocationRecord)>, StorageError> {
+    pub fn unfinished_invocations(&self) -> Result<Vec<(InvocationId, InvocationRecord)>, StorageError> {
         let mut out = Vec::new();
         for item in self.tables.invocations.iter() {
             let (key, value) = item.into_inner()?;
@@ -229,10 +218,7 @@ impl Store {
             let (key, value) = item.into_inner()?;
             let record: InvocationRecord = decode("invocations", &value)?;
             if record.expires_at_ms.is_some_and(|t| t <= now_ms) {
-                out.push((
-                    InvocationId(key[2..18].try_into().expect("16 bytes")),
-                    record,
-                ));
+                out.push((InvocationId(key[2..18].try_into().expect("16 bytes")), record));
                 if out.len() >= limit {
                     break;
                 }
@@ -241,11 +227,7 @@ impl Store {
         Ok(out)
     }
 
-    pub fn journal_entry(
-        &self,
-        id: &InvocationId,
-        index: u32,
-    ) -> Result<Option<Entry>, StorageError> {
+    pub fn journal_entry(&self, id: &InvocationId, index: u32) -> Result<Option<Entry>, StorageError> {
         match self.tables.journal.get(keys::journal_entry(id, index))? {
             Some(v) => Ok(Some(decode("journal", &v)?)),
             None => Ok(None),
@@ -263,10 +245,7 @@ impl Store {
     }
 
     /// Timers due before `until_ms`, across all partitions: (key, due, timer).
-    pub fn timers_due_before(
-        &self,
-        until_ms: u64,
-    ) -> Result<Vec<(Vec<u8>, u64, TimerRecord)>, StorageError> {
+    pub fn timers_due_before(&self, until_ms: u64) -> Result<Vec<(Vec<u8>, u64, TimerRecord)>, StorageError> {
         let mut out = Vec::new();
         for partition in 0..crate::ids::PARTITIONS_COUNT as u16 {
             let start = partition.to_be_bytes().to_vec();
@@ -281,11 +260,7 @@ impl Store {
         Ok(out)
     }
 
-    pub fn promise(
-        &self,
-        object: &ObjectId,
-        name: &str,
-    ) -> Result<Option<PromiseRecord>, StorageError> {
+    pub fn promise(&self, object: &ObjectId, name: &str) -> Result<Option<PromiseRecord>, StorageError> {
         match self.tables.promises.get(keys::promise(object, name))? {
             Some(v) => Ok(Some(decode("promises", &v)?)),
             None => Ok(None),
@@ -297,7 +272,7 @@ impl Store {
         &self,
         after: Option<&InvocationId>,
         limit: usize,
-        mut keep: impl FnMut(&InvocationRecord) -> bool,
+        mut keep: impl FnMut(&InvocationId, &InvocationRecord) -> bool,
     ) -> Result<Vec<(InvocationId, InvocationRecord)>, StorageError> {
         let mut out = Vec::new();
         let iter = match after {
@@ -311,11 +286,9 @@ impl Store {
         for item in iter {
             let (key, value) = item.into_inner()?;
             let record: InvocationRecord = decode("invocations", &value)?;
-            if keep(&record) {
-                out.push((
-                    InvocationId(key[2..18].try_into().expect("16 bytes")),
-                    record,
-                ));
+            let id = InvocationId(key[2..18].try_into().expect("16 bytes"));
+            if keep(&id, &record) {
+                out.push((id, record));
                 if out.len() >= limit {
                     break;
                 }
@@ -356,24 +329,15 @@ mod tests {
             batch.put(
                 Table::Journal,
                 keys::journal_entry(&id, 0),
-                encode(&Entry::Input {
-                    value: b"1".to_vec(),
-                }),
+                encode(&Entry::Input { value: b"1".to_vec() }),
             );
-            batch.put(
-                Table::State,
-                keys::state_entry(&object, "count"),
-                b"41".to_vec(),
-            );
+            batch.put(Table::State, keys::state_entry(&object, "count"), b"41".to_vec());
             batch.put(Table::Inbox, keys::inbox_entry(&object, 3), encode(&id));
             rt().block_on(store.writer.commit(batch)).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.journal(&id).unwrap().len(), 1);
-        assert_eq!(
-            store.object_state(&object).unwrap()["count"],
-            Bytes::from_static(b"41")
-        );
+        assert_eq!(store.object_state(&object).unwrap()["count"], Bytes::from_static(b"41"));
         assert_eq!(store.inbox(&object).unwrap(), vec![(3, id)]);
         assert_eq!(store.objects_with_inbox().unwrap(), vec![object]);
     }
@@ -386,11 +350,7 @@ mod tests {
             let futures: Vec<_> = (0..200u32)
                 .map(|i| {
                     let mut b = WriteBatch::new();
-                    b.put(
-                        Table::Journal,
-                        keys::journal_entry(&InvocationId::new(1), i),
-                        vec![1],
-                    );
+                    b.put(Table::Journal, keys::journal_entry(&InvocationId::new(1), i), vec![1]);
                     store.writer.commit(b)
                 })
                 .collect();
@@ -398,11 +358,7 @@ mod tests {
                 f.await.unwrap();
             }
         });
-        let fsyncs = store
-            .writer
-            .stats
-            .fsyncs
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let fsyncs = store.writer.stats.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
         assert!(fsyncs < 200, "expected grouped fsyncs, got {fsyncs}");
     }
 }

@@ -179,10 +179,7 @@ pub struct PromiseRecord {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum TimerRecord {
     /// Complete the `sleep` entry `index` of `invocation`.
-    Wake {
-        invocation: InvocationId,
-        index: u32,
-    },
+    Wake { invocation: InvocationId, index: u32 },
     /// Turn the scheduled `invocation` into a pending one.
     Activate { invocation: InvocationId },
 }
@@ -222,11 +219,7 @@ pub struct HandlerRecord {
     pub name: String,
     /// `exclusive`, `shared` or `workflow` (always `shared` for a stateless service).
     pub kind: String,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "retryPolicy"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "retryPolicy")]
     pub retry_policy: Option<RetryPolicy>,
 }
 

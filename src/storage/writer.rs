@@ -97,10 +97,7 @@ impl Writer {
     }
 
     /// Queues `batch`; the returned future resolves once it is fdatasync'ed.
-    pub fn commit(
-        &self,
-        batch: WriteBatch,
-    ) -> impl std::future::Future<Output = Result<(), StorageError>> + 'static {
+    pub fn commit(&self, batch: WriteBatch) -> impl std::future::Future<Output = Result<(), StorageError>> + 'static {
         let (done, rx) = oneshot::channel();
         let queued = match self.tx.try_send(Request { batch, done }) {
             Ok(()) => Ok(rx),
@@ -138,9 +135,7 @@ fn run(tables: Tables, rx: Receiver<Request>, stats: Arc<WriterStats>) {
         }
         let result = batch.commit().map_err(|e| StorageError::Io(e.to_string()));
         stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        stats
-            .commits
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        stats.commits.fetch_add(group.len() as u64, Ordering::Relaxed);
         let failed = result.is_err();
         for request in group.drain(..) {
             let _ = request.done.send(result.clone());

@@ -91,9 +91,7 @@ fn a_thousand_concurrent_adds_on_one_key() {
                 let http = kiln.http.clone();
                 let url = url.clone();
                 tasks.push(tokio::spawn(async move {
-                    let r = http
-                        .post_timeout(&url, "1", &[], Duration::from_secs(180))
-                        .await;
+                    let r = http.post_timeout(&url, "1", &[], Duration::from_secs(180)).await;
                     (format!("request #{i}"), r)
                 }));
             }
@@ -115,10 +113,10 @@ fn a_thousand_concurrent_adds_on_one_key() {
             check_sequence("hot", values, n as i64)?;
             let total = kiln.counter_get("hot").await?;
             println!(
-            "a: {n} concurrent add(1) on one key: all 200 in {:.2} s ({:.0} req/s); get = {total}",
-            elapsed.as_secs_f64(),
-            n as f64 / elapsed.as_secs_f64()
-        );
+                "a: {n} concurrent add(1) on one key: all 200 in {:.2} s ({:.0} req/s); get = {total}",
+                elapsed.as_secs_f64(),
+                n as f64 / elapsed.as_secs_f64()
+            );
             ensure!(total == n as i64, "Counter/hot/get = {total}, expected {n}");
             Ok(())
         },
@@ -147,9 +145,7 @@ fn a_ten_thousand_adds_over_100_keys() {
                 let http = kiln.http.clone();
                 let permit = sem.clone().acquire_owned().await?;
                 tasks.push(tokio::spawn(async move {
-                    let r = http
-                        .post_timeout(&url, "1", &[], Duration::from_secs(180))
-                        .await;
+                    let r = http.post_timeout(&url, "1", &[], Duration::from_secs(180)).await;
                     drop(permit);
                     (key, r)
                 }));
@@ -190,13 +186,13 @@ fn a_ten_thousand_adds_over_100_keys() {
                 }
             }
             println!(
-            "a: {} adds over {keys} keys at concurrency {concurrency}: all 200 in {:.2} s ({:.0} req/s); \
+                "a: {} adds over {keys} keys at concurrency {concurrency}: all 200 in {:.2} s ({:.0} req/s); \
              keys with a wrong count: {}",
-            keys * per_key,
-            elapsed.as_secs_f64(),
-            (keys * per_key) as f64 / elapsed.as_secs_f64(),
-            wrong.len()
-        );
+                keys * per_key,
+                elapsed.as_secs_f64(),
+                (keys * per_key) as f64 / elapsed.as_secs_f64(),
+                wrong.len()
+            );
             ensure!(wrong.is_empty(), "counts differ from {per_key}: {wrong:?}");
             Ok(())
         },

@@ -28,10 +28,7 @@ fn b_runtime_crash_mid_flight() {
             let steps = Service::start(
                 &env,
                 Jar::Steps,
-                &[
-                    ("STEPS_LOG", steps_log_str.as_str()),
-                    ("STEP_DELAY_MS", STEP_DELAY_MS),
-                ],
+                &[("STEPS_LOG", steps_log_str.as_str()), ("STEP_DELAY_MS", STEP_DELAY_MS)],
             )
             .await?;
             let mut kiln = Kiln::start(&env, KilnOpts::default()).await?;
@@ -51,8 +48,7 @@ fn b_runtime_crash_mid_flight() {
             // Just before the crash, read every journal from the admin API (which reads the
             // store): a `run` entry seen there is in the store, so it survives a SIGKILL and its
             // step must never run again.
-            tokio::time::sleep_until((crash_at - Duration::from_millis(SNAPSHOT_LEAD_MS)).into())
-                .await;
+            tokio::time::sleep_until((crash_at - Duration::from_millis(SNAPSHOT_LEAD_MS)).into()).await;
             let snapshot: Vec<usize> = futures_util::future::join_all(ids.iter().map(|id| {
                 let kiln = &kiln;
                 async move { kiln.invocation(id).await.map(|v| run_entries(&v)) }
@@ -62,10 +58,7 @@ fn b_runtime_crash_mid_flight() {
             .collect::<Result<_>>()?;
             let snapshot_ms = t0.elapsed().as_millis();
             tokio::time::sleep_until(crash_at.into()).await;
-            ensure!(
-                kiln.is_running(),
-                "kiln exited on its own before the planned crash"
-            );
+            ensure!(kiln.is_running(), "kiln exited on its own before the planned crash");
             kiln.kill();
             let crashed_ms = t0.elapsed().as_millis();
             let lines_at_crash = read_lines(&steps_log).len();
@@ -83,21 +76,20 @@ fn b_runtime_crash_mid_flight() {
             let restarted_ms = t0.elapsed().as_millis();
 
             // Attach to every invocation: each must complete with the right output.
-            let attached =
-                futures_util::future::join_all(ids.iter().zip(&inputs).map(|(id, input)| {
-                    let kiln = &kiln;
-                    async move {
-                        let r = kiln.attach(id, Duration::from_secs(90)).await?;
-                        let v = r.ok_json()?;
-                        let expected = format!("{input}-1 {input}-2 {input}-3");
-                        ensure!(
-                            v.as_str() == Some(expected.as_str()),
-                            "attach {id} (input {input}): expected {expected:?}, got {r}"
-                        );
-                        Ok::<_, anyhow::Error>(())
-                    }
-                }))
-                .await;
+            let attached = futures_util::future::join_all(ids.iter().zip(&inputs).map(|(id, input)| {
+                let kiln = &kiln;
+                async move {
+                    let r = kiln.attach(id, Duration::from_secs(90)).await?;
+                    let v = r.ok_json()?;
+                    let expected = format!("{input}-1 {input}-2 {input}-3");
+                    ensure!(
+                        v.as_str() == Some(expected.as_str()),
+                        "attach {id} (input {input}): expected {expected:?}, got {r}"
+                    );
+                    Ok::<_, anyhow::Error>(())
+                }
+            }))
+            .await;
             let failures: Vec<String> = attached
                 .into_iter()
                 .filter_map(|r| r.err().map(|e| format!("{e:#}")))
@@ -107,7 +99,10 @@ fn b_runtime_crash_mid_flight() {
                 "{} of {INVOCATIONS} attaches failed: {failures:#?}",
                 failures.len()
             );
-            println!("b: kiln restarted at {restarted_ms} ms; all {INVOCATIONS} attached with the right output at {} ms", t0.elapsed().as_millis());
+            println!(
+                "b: kiln restarted at {restarted_ms} ms; all {INVOCATIONS} attached with the right output at {} ms",
+                t0.elapsed().as_millis()
+            );
 
             // How many attempts did each invocation need (informational; every status must be completed).
             let mut attempts_hist: BTreeMap<i64, usize> = BTreeMap::new();
@@ -125,11 +120,7 @@ fn b_runtime_crash_mid_flight() {
             }
             println!("b: attempts per invocation (attempts → count): {attempts_hist:?}");
 
-            let journaled: BTreeMap<String, usize> = inputs
-                .iter()
-                .cloned()
-                .zip(snapshot.iter().copied())
-                .collect();
+            let journaled: BTreeMap<String, usize> = inputs.iter().cloned().zip(snapshot.iter().copied()).collect();
             check_steps_log(&steps_log, &inputs, &journaled, &attempts_of)
         },
     );
@@ -153,8 +144,7 @@ fn check_steps_log(
     attempts_of: &BTreeMap<String, i64>,
 ) -> Result<()> {
     let lines = read_lines(path);
-    let mut per_input: BTreeMap<String, Vec<u32>> =
-        inputs.iter().map(|i| (i.clone(), Vec::new())).collect();
+    let mut per_input: BTreeMap<String, Vec<u32>> = inputs.iter().map(|i| (i.clone(), Vec::new())).collect();
     for line in &lines {
         let (input, step) = line
             .rsplit_once('-')
@@ -162,10 +152,7 @@ fn check_steps_log(
         let step: u32 = step
             .parse()
             .map_err(|_| anyhow!("STEPS_LOG line {line:?}: step is not a number"))?;
-        ensure!(
-            (1..=3).contains(&step),
-            "STEPS_LOG line {line:?}: step out of 1..=3"
-        );
+        ensure!((1..=3).contains(&step), "STEPS_LOG line {line:?}: step out of 1..=3");
         match per_input.get_mut(input) {
             Some(v) => v.push(step),
             None => bail!("STEPS_LOG line {line:?}: unknown input"),
@@ -212,7 +199,11 @@ fn check_steps_log(
         "b: STEPS_LOG has {} lines for {} inputs; {reexecuted} step(s) re-executed after the crash: {}",
         lines.len(),
         inputs.len(),
-        if with_dup.is_empty() { "none".to_string() } else { with_dup.join(" ") }
+        if with_dup.is_empty() {
+            "none".to_string()
+        } else {
+            with_dup.join(" ")
+        }
     );
     if undercounted > 0 {
         // Not part of acceptance (b), so only reported.

@@ -35,26 +35,18 @@ fn c_service_crash_backoff_and_recovery() {
             let mut max_attempts = 0i64;
             let mut first_error: Option<String> = None;
             let mut first_backing_off: Option<String> = None;
-            let deadline = Deadline::after(
-                Duration::from_secs(8),
-                "observing retries while the endpoint is down",
-            );
+            let deadline = Deadline::after(Duration::from_secs(8), "observing retries while the endpoint is down");
             let mut last;
             loop {
                 let v = kiln.invocation(&id).await?;
                 let status = inv_status(&v).to_string();
                 *statuses.entry(status.clone()).or_default() += 1;
-                max_attempts =
-                    max_attempts.max(v.get("attempts").and_then(Value::as_i64).unwrap_or(0));
+                max_attempts = max_attempts.max(v.get("attempts").and_then(Value::as_i64).unwrap_or(0));
                 if let Some(e) = v.get("lastError").and_then(Value::as_str) {
                     first_error.get_or_insert_with(|| e.to_string());
                 }
                 if status == "backing-off" && first_backing_off.is_none() {
-                    first_backing_off = Some(format!(
-                        "at {} ms: {}",
-                        t0.elapsed().as_millis(),
-                        inv_summary(&v)
-                    ));
+                    first_backing_off = Some(format!("at {} ms: {}", t0.elapsed().as_millis(), inv_summary(&v)));
                 }
                 ensure!(
                     status != "completed" && status != "failed",
@@ -63,8 +55,7 @@ fn c_service_crash_backoff_and_recovery() {
                 );
                 last = inv_summary(&v);
                 // Keep watching for at least 1.5 s, so several back-off rounds are seen.
-                let seen_all =
-                    max_attempts >= 2 && first_error.is_some() && first_backing_off.is_some();
+                let seen_all = max_attempts >= 2 && first_error.is_some() && first_backing_off.is_some();
                 if (seen_all && t0.elapsed().as_millis() > killed_ms + 1500) || deadline.expired() {
                     break;
                 }
@@ -76,10 +67,7 @@ fn c_service_crash_backoff_and_recovery() {
         );
             ensure!(max_attempts >= 2, "attempts never reached 2");
             ensure!(first_error.is_some(), "lastError never set");
-            ensure!(
-                first_backing_off.is_some(),
-                "status backing-off never observed"
-            );
+            ensure!(first_backing_off.is_some(), "status backing-off never observed");
 
             steps.restart().await?;
             let restarted_ms = t0.elapsed().as_millis();

@@ -17,10 +17,7 @@ fn all_identical(what: &str, resps: &[Resp]) -> Result<()> {
             "{what}: response #{i} differs from #0: {r} vs {first}"
         );
         if let (Some(a), Some(b)) = (first.invocation_id(), r.invocation_id()) {
-            ensure!(
-                a == b,
-                "{what}: response #{i} has x-kiln-invocation-id {b}, #0 has {a}"
-            );
+            ensure!(a == b, "{what}: response #{i} has x-kiln-invocation-id {b}, #0 has {a}");
         }
     }
     Ok(())
@@ -28,95 +25,79 @@ fn all_identical(what: &str, resps: &[Resp]) -> Result<()> {
 
 #[test]
 fn d_idempotency_keys() {
-    run(
-        "d_idempotency_keys",
-        Duration::from_secs(120),
-        |env| async move {
-            let kiln = Kiln::start(&env, KilnOpts::default()).await?;
-            let counter = Service::start(&env, Jar::Counter, &[]).await?;
-            register_expect(&kiln, &counter.uri(), &["Counter"]).await?;
+    run("d_idempotency_keys", Duration::from_secs(120), |env| async move {
+        let kiln = Kiln::start(&env, KilnOpts::default()).await?;
+        let counter = Service::start(&env, Jar::Counter, &[]).await?;
+        register_expect(&kiln, &counter.uri(), &["Counter"]).await?;
 
-            // Same key twice, sequentially.
-            let r1 = kiln.call_idem("Counter/d/add", "1", "idem-A").await?;
-            let r2 = kiln.call_idem("Counter/d/add", "1", "idem-A").await?;
-            ensure!(
-                r1.status == 200 && r1.json()? == 1,
-                "first idempotent add: expected 200 1, got {r1}"
-            );
-            all_identical("sequential idem-A", &[r1.clone(), r2.clone()])?;
-            ensure!(
-                kiln.counter_get("d").await? == 1,
-                "counter incremented more than once for idem-A"
-            );
+        // Same key twice, sequentially.
+        let r1 = kiln.call_idem("Counter/d/add", "1", "idem-A").await?;
+        let r2 = kiln.call_idem("Counter/d/add", "1", "idem-A").await?;
+        ensure!(
+            r1.status == 200 && r1.json()? == 1,
+            "first idempotent add: expected 200 1, got {r1}"
+        );
+        all_identical("sequential idem-A", &[r1.clone(), r2.clone()])?;
+        ensure!(
+            kiln.counter_get("d").await? == 1,
+            "counter incremented more than once for idem-A"
+        );
 
-            // 20 concurrent with another key.
-            let resps: Vec<Resp> = futures_util::future::join_all(
-                (0..20).map(|_| kiln.call_idem("Counter/d/add", "1", "idem-B")),
-            )
-            .await
-            .into_iter()
-            .collect::<Result<_>>()?;
-            ensure!(resps[0].status == 200, "concurrent idem-B: {}", resps[0]);
-            all_identical("20 concurrent idem-B", &resps)?;
-            ensure!(
-                resps[0].json()? == 2,
-                "idem-B add should return 2: {}",
-                resps[0]
-            );
-            let after_b = kiln.counter_get("d").await?;
-            ensure!(
-                after_b == 2,
-                "after idem-A and 20×idem-B the counter is {after_b}, expected 2"
-            );
+        // 20 concurrent with another key.
+        let resps: Vec<Resp> =
+            futures_util::future::join_all((0..20).map(|_| kiln.call_idem("Counter/d/add", "1", "idem-B")))
+                .await
+                .into_iter()
+                .collect::<Result<_>>()?;
+        ensure!(resps[0].status == 200, "concurrent idem-B: {}", resps[0]);
+        all_identical("20 concurrent idem-B", &resps)?;
+        ensure!(resps[0].json()? == 2, "idem-B add should return 2: {}", resps[0]);
+        let after_b = kiln.counter_get("d").await?;
+        ensure!(
+            after_b == 2,
+            "after idem-A and 20×idem-B the counter is {after_b}, expected 2"
+        );
 
-            // The key is scoped to the target: the same key on another object executes there.
-            let other = kiln.call_idem("Counter/d2/add", "1", "idem-A").await?;
-            ensure!(
-                other.status == 200 && other.json()? == 1,
-                "idem-A on Counter/d2: {other}"
-            );
-            ensure!(kiln.counter_get("d").await? == 2, "idem-A on d2 changed d");
+        // The key is scoped to the target: the same key on another object executes there.
+        let other = kiln.call_idem("Counter/d2/add", "1", "idem-A").await?;
+        ensure!(
+            other.status == 200 && other.json()? == 1,
+            "idem-A on Counter/d2: {other}"
+        );
+        ensure!(kiln.counter_get("d").await? == 2, "idem-A on d2 changed d");
 
-            // /send with an idempotency key: same invocation id, one execution.
-            let s: Vec<Resp> = futures_util::future::join_all(
-                (0..5).map(|_| kiln.send_idem("Counter/d/add", "1", "idem-C")),
-            )
-            .await
-            .into_iter()
-            .collect::<Result<_>>()?;
-            let s_seq = kiln.send_idem("Counter/d/add", "1", "idem-C").await?;
-            let mut ids = Vec::new();
-            for r in s.iter().chain(std::iter::once(&s_seq)) {
-                ids.push(send_id(r)?);
-            }
-            ensure!(
-                ids.iter().all(|i| i == &ids[0]),
-                "/send with idem-C gave different invocation ids: {ids:?}"
-            );
-            let bodies_identical = s
-                .iter()
-                .chain(std::iter::once(&s_seq))
-                .all(|r| r.body == s[0].body);
-            if !bodies_identical {
-                println!("d: note: /send responses with one idempotency key have the same invocationId but different bodies: {} vs {}", s[0], s_seq);
-            }
-            let att = kiln.attach(&ids[0], Duration::from_secs(30)).await?;
-            ensure!(
-                att.status == 200 && att.json()? == 3,
-                "attach to idem-C send: {att}"
-            );
-            let fin = kiln.counter_get("d").await?;
-            ensure!(
-                fin == 3,
-                "after idem-A, idem-B and idem-C the counter is {fin}, expected 3"
-            );
-            println!(
+        // /send with an idempotency key: same invocation id, one execution.
+        let s: Vec<Resp> =
+            futures_util::future::join_all((0..5).map(|_| kiln.send_idem("Counter/d/add", "1", "idem-C")))
+                .await
+                .into_iter()
+                .collect::<Result<_>>()?;
+        let s_seq = kiln.send_idem("Counter/d/add", "1", "idem-C").await?;
+        let mut ids = Vec::new();
+        for r in s.iter().chain(std::iter::once(&s_seq)) {
+            ids.push(send_id(r)?);
+        }
+        ensure!(
+            ids.iter().all(|i| i == &ids[0]),
+            "/send with idem-C gave different invocation ids: {ids:?}"
+        );
+        let bodies_identical = s.iter().chain(std::iter::once(&s_seq)).all(|r| r.body == s[0].body);
+        if !bodies_identical {
+            println!("d: note: /send responses with one idempotency key have the same invocationId but different bodies: {} vs {}", s[0], s_seq);
+        }
+        let att = kiln.attach(&ids[0], Duration::from_secs(30)).await?;
+        ensure!(att.status == 200 && att.json()? == 3, "attach to idem-C send: {att}");
+        let fin = kiln.counter_get("d").await?;
+        ensure!(
+            fin == 3,
+            "after idem-A, idem-B and idem-C the counter is {fin}, expected 3"
+        );
+        println!(
             "d: idem-A ×2 sequential → {}; idem-B ×20 concurrent → {} (all identical); idem-C /send ×6 → one id {}; final count {fin}",
             r2.text(),
             resps[0].text(),
             ids[0]
         );
-            Ok(())
-        },
-    );
+        Ok(())
+    });
 }

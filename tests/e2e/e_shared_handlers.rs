@@ -29,10 +29,7 @@ fn e_shared_handlers_concurrent_and_read_only() {
 
             // A shared handler answers at once, while the exclusive one still holds the key.
             let t = Instant::now();
-            let peek = kiln
-                .call("Slowpoke/k/peek", "")
-                .await
-                .context("peek during hold")?;
+            let peek = kiln.call("Slowpoke/k/peek", "").await.context("peek during hold")?;
             let peek_ms = t.elapsed().as_millis();
             let peek_val = peek.ok_json()?;
             ensure!(peek_val.is_i64(), "peek should answer a number: {peek}");
@@ -57,10 +54,7 @@ fn e_shared_handlers_concurrent_and_read_only() {
                 message.contains("cannot write state"),
                 "sneakySet message should contain \"cannot write state\": {sneaky}"
             );
-            ensure!(
-                code == 409,
-                "sneakySet failure code should be 409: {sneaky}"
-            );
+            ensure!(code == 409, "sneakySet failure code should be 409: {sneaky}");
 
             // Output of a running invocation: 470 JSON, on both paths.
             for url in [
@@ -92,16 +86,13 @@ fn e_shared_handlers_concurrent_and_read_only() {
                 "/invocations/{{id}}/output after completion should equal the attach response: {out} vs {att}"
             );
             let after = kiln.call("Slowpoke/k/peek", "").await?.ok_json()?;
-            ensure!(
-                after == 1,
-                "peek after hold completed should be 1, got {after}"
-            );
+            ensure!(after == 1, "peek after hold completed should be 1, got {after}");
             println!(
-            "e: hold running {running_ms} ms after send ({}); peek answered {peek_val} in {peek_ms} ms; \
+                "e: hold running {running_ms} ms after send ({}); peek answered {peek_val} in {peek_ms} ms; \
              sneakySet → 500 code {code} {message:?} in {sneaky_ms} ms; hold done at {} ms, peek then = {after}",
-            inv_summary(&running),
-            t0.elapsed().as_millis()
-        );
+                inv_summary(&running),
+                t0.elapsed().as_millis()
+            );
             Ok(())
         },
     );

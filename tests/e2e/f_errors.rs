@@ -47,10 +47,7 @@ async fn raw_post_big(port: u16, path: &str, len: usize) -> Result<(u16, String)
                 Ok(0) => return Ok(()),
                 Ok(n) => resp.extend_from_slice(&chunk[..n]),
                 Err(e) if !resp.is_empty() => {
-                    println!(
-                        "f: note: read error after {} response bytes: {e}",
-                        resp.len()
-                    );
+                    println!("f: note: read error after {} response bytes: {e}", resp.len());
                     return Ok(());
                 }
                 Err(e) => return Err(e),
@@ -69,9 +66,7 @@ async fn raw_post_big(port: u16, path: &str, len: usize) -> Result<(u16, String)
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .with_context(|| {
-            format!("no HTTP status line in response to a {len}-byte POST {path}: {text:?}")
-        })?;
+        .with_context(|| format!("no HTTP status line in response to a {len}-byte POST {path}: {text:?}"))?;
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
@@ -85,8 +80,7 @@ fn expect_json_error(what: &str, status: u16, body: &str, expected: u16) -> Resu
         headers: Default::default(),
         body: Bytes::from(body.to_string()),
     };
-    resp.expect_error(expected)
-        .with_context(|| what.to_string())
+    resp.expect_error(expected).with_context(|| what.to_string())
 }
 
 #[test]
@@ -128,9 +122,7 @@ fn f_http_errors_404_413_400() {
                     &[],
                 )
                 .await?;
-            let (code, msg) = r
-                .expect_error(502)
-                .context("registering an unreachable endpoint")?;
+            let (code, msg) = r.expect_error(502).context("registering an unreachable endpoint")?;
             println!("f: register unreachable {nowhere} → 502 code {code} {msg:?}");
             let deps = kiln
                 .http
@@ -138,16 +130,12 @@ fn f_http_errors_404_413_400() {
                 .await?
                 .ok_json()?;
             ensure!(
-                deps["deployments"].as_array().is_some_and(
-                    |d| d.len() == 1 && d[0]["uri"].as_str() == Some(counter.uri().as_str())
-                ),
+                deps["deployments"]
+                    .as_array()
+                    .is_some_and(|d| d.len() == 1 && d[0]["uri"].as_str() == Some(counter.uri().as_str())),
                 "GET /deployments should list exactly the counter endpoint: {deps}"
             );
-            let services = kiln
-                .http
-                .get(&format!("{}/services", kiln.admin()))
-                .await?
-                .ok_json()?;
+            let services = kiln.http.get(&format!("{}/services", kiln.admin())).await?.ok_json()?;
             let counter_svc = services["services"]
                 .as_array()
                 .and_then(|s| s.iter().find(|x| x["name"] == "Counter"))
@@ -167,15 +155,9 @@ fn f_http_errors_404_413_400() {
             );
 
             // 404: unknown service, unknown handler, unknown invocation.
-            for path in [
-                "NoSuchService/go",
-                "NoSuchObject/k/go",
-                "Counter/k/noSuchHandler",
-            ] {
+            for path in ["NoSuchService/go", "NoSuchObject/k/go", "Counter/k/noSuchHandler"] {
                 let r = kiln.call(path, "1").await?;
-                let (code, msg) = r
-                    .expect_error(404)
-                    .with_context(|| format!("POST /{path}"))?;
+                let (code, msg) = r.expect_error(404).with_context(|| format!("POST /{path}"))?;
                 println!("f: POST /{path} → 404 code {code} {msg:?}");
             }
             let unknown = "inv_0123456789abcdef0123456789abcdef";
@@ -191,34 +173,21 @@ fn f_http_errors_404_413_400() {
             ensure!(kiln.counter_add("f", 1).await? == 2, "add after 404s");
 
             // 413: 64 KiB over a 1 KiB limit, with content-length and chunked; 1 KiB still passes.
-            let (status, body) =
-                raw_post_big(kiln.ingress_port, "/Counter/f/add", 64 * 1024).await?;
-            let (code, msg) = expect_json_error(
-                "64 KiB body, content-length, limit 1024",
-                status,
-                &body,
-                413,
-            )?;
+            let (status, body) = raw_post_big(kiln.ingress_port, "/Counter/f/add", 64 * 1024).await?;
+            let (code, msg) = expect_json_error("64 KiB body, content-length, limit 1024", status, &body, 413)?;
             println!("f: 64 KiB body → 413 code {code} {msg:?}");
             let mut big = vec![b' '; 64 * 1024];
             big[64 * 1024 - 1] = b'1';
             match kiln
                 .http
-                .post_chunked(
-                    &format!("{}/Counter/f/add", kiln.ingress()),
-                    Bytes::from(big),
-                    4096,
-                )
+                .post_chunked(&format!("{}/Counter/f/add", kiln.ingress()), Bytes::from(big), 4096)
                 .await
             {
                 Ok(r) => {
-                    r.expect_error(413)
-                        .context("64 KiB chunked body, limit 1024")?;
+                    r.expect_error(413).context("64 KiB chunked body, limit 1024")?;
                 }
                 // The server may answer and close before the client has sent the whole body.
-                Err(e) => println!(
-                    "f: note: chunked 64 KiB body: transport error (server closed early?): {e:#}"
-                ),
+                Err(e) => println!("f: note: chunked 64 KiB body: transport error (server closed early?): {e:#}"),
             }
             let mut ok_body = vec![b' '; 1000];
             ok_body[999] = b'1';
@@ -226,10 +195,7 @@ fn f_http_errors_404_413_400() {
                 .http
                 .post(&format!("{}/Counter/f/add", kiln.ingress()), ok_body, &[])
                 .await?;
-            ensure!(
-                r.status == 200,
-                "a 1000-byte body under the 1024 limit must pass: {r}"
-            );
+            ensure!(r.status == 200, "a 1000-byte body under the 1024 limit must pass: {r}");
             ensure!(kiln.counter_get("f").await? == 3, "count after 413s");
 
             // 400: malformed invocation ids, on the ingress and on the admin API.
@@ -254,18 +220,14 @@ fn f_http_errors_404_413_400() {
             // 413 at the default limit (10 MiB): a second kiln, same counter endpoint.
             let kiln2 = Kiln::start(&env, KilnOpts::default()).await?;
             register_expect(&kiln2, &counter.uri(), &["Counter"]).await?;
-            let (status, body) =
-                raw_post_big(kiln2.ingress_port, "/Counter/f/add", 11 * 1024 * 1024).await?;
+            let (status, body) = raw_post_big(kiln2.ingress_port, "/Counter/f/add", 11 * 1024 * 1024).await?;
             let (code, msg) = expect_json_error("11 MiB body, default limit", status, &body, 413)?;
             println!("f: 11 MiB body at the default limit → 413 code {code} {msg:?}");
             ensure!(
                 kiln2.counter_add("f", 5).await? == 5,
                 "add on the second kiln after 413"
             );
-            ensure!(
-                kiln.counter_add("f", 1).await? == 5,
-                "add on the first kiln at the end"
-            );
+            ensure!(kiln.counter_add("f", 1).await? == 5, "add on the first kiln at the end");
             Ok(())
         },
     );
@@ -297,9 +259,9 @@ fn f_garbage_endpoint_is_protocol_violation_571() {
             let ms = t.elapsed().as_millis();
             let (code, message) = r.expect_error(500).context("POST /Garbage/go")?;
             println!(
-            "f: POST /Garbage/go → 500 code {code} {message:?} after {ms} ms; the fake endpoint saw {} attempt(s)",
-            fake.invokes()
-        );
+                "f: POST /Garbage/go → 500 code {code} {message:?} after {ms} ms; the fake endpoint saw {} attempt(s)",
+                fake.invokes()
+            );
             ensure!(
                 code == 571,
                 "garbage frames must fail the invocation with code 571: {r}"
@@ -343,22 +305,16 @@ fn f_non_deterministic_handler_is_journal_mismatch_570() {
                     Duration::from_secs(15),
                     "journal shows the run entry \"first\"",
                     |v| {
-                        v.get("journal")
-                            .and_then(|j| j.as_array())
-                            .is_some_and(|j| {
-                                j.iter().any(|e| {
-                                    e.get("kind").and_then(|k| k.as_str()) == Some("run")
-                                        && e.get("name").and_then(|n| n.as_str()) == Some("first")
-                                })
+                        v.get("journal").and_then(|j| j.as_array()).is_some_and(|j| {
+                            j.iter().any(|e| {
+                                e.get("kind").and_then(|k| k.as_str()) == Some("run")
+                                    && e.get("name").and_then(|n| n.as_str()) == Some("first")
                             })
+                        })
                     },
                 )
                 .await?;
-            println!(
-                "f: Shifty at {} ms: {}",
-                t0.elapsed().as_millis(),
-                inv_summary(&first)
-            );
+            println!("f: Shifty at {} ms: {}", t0.elapsed().as_millis(), inv_summary(&first));
             svc.kill();
             ensure!(
                 kiln.counter_add("s", 1).await? == 2,
@@ -375,11 +331,7 @@ fn f_non_deterministic_handler_is_journal_mismatch_570() {
                     matches!(inv_status(v), "failed" | "completed")
                 })
                 .await?;
-            println!(
-                "f: Shifty at {} ms: {}",
-                t0.elapsed().as_millis(),
-                inv_summary(&failed)
-            );
+            println!("f: Shifty at {} ms: {}", t0.elapsed().as_millis(), inv_summary(&failed));
             ensure!(
                 inv_status(&failed) == "failed",
                 "Shifty should end failed: {}",
@@ -387,9 +339,7 @@ fn f_non_deterministic_handler_is_journal_mismatch_570() {
             );
 
             let r = kiln.attach(&id, Duration::from_secs(10)).await?;
-            let (code, message) = r
-                .expect_error(500)
-                .context("attach to the Shifty invocation")?;
+            let (code, message) = r.expect_error(500).context("attach to the Shifty invocation")?;
             println!("f: attach Shifty → 500 code {code} {message:?}");
             ensure!(code == 570, "journal mismatch must fail with code 570: {r}");
             ensure!(
@@ -406,10 +356,7 @@ fn f_non_deterministic_handler_is_journal_mismatch_570() {
                 inv_summary(&failed),
                 inv_summary(&later)
             );
-            ensure!(
-                kiln.counter_add("s", 1).await? == 4,
-                "Counter add at the end"
-            );
+            ensure!(kiln.counter_add("s", 1).await? == 4, "Counter add at the end");
             Ok(())
         },
     );

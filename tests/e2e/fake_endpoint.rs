@@ -30,16 +30,11 @@ impl FakeEndpoint {
                 };
                 let counter = counter.clone();
                 tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(30), serve(sock, counter)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(30), serve(sock, counter)).await;
                 });
             }
         });
-        Ok(FakeEndpoint {
-            port,
-            invokes,
-            task,
-        })
+        Ok(FakeEndpoint { port, invokes, task })
     }
 
     pub fn uri(&self) -> String {
@@ -60,9 +55,7 @@ impl Drop for FakeEndpoint {
 pub const DISCOVERY: &str = r#"{"protocolVersion":1,"services":[{"name":"Garbage","kind":"service","handlers":[{"name":"go","kind":"shared"}]}]}"#;
 
 /// A frame header with the unknown type 0x7777, flags 0, length 4, then 4 bytes of junk.
-pub const GARBAGE: &[u8] = &[
-    0x77, 0x77, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, b'j', b'u', b'n', b'k',
-];
+pub const GARBAGE: &[u8] = &[0x77, 0x77, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, b'j', b'u', b'n', b'k'];
 
 async fn serve(mut sock: TcpStream, invokes: Arc<AtomicUsize>) -> Result<()> {
     let mut buf = Vec::with_capacity(4096);
@@ -88,10 +81,7 @@ async fn serve(mut sock: TcpStream, invokes: Arc<AtomicUsize>) -> Result<()> {
         let lower = head.to_ascii_lowercase();
         let content_length: usize = lower
             .lines()
-            .find_map(|l| {
-                l.strip_prefix("content-length:")
-                    .map(|v| v.trim().parse().unwrap_or(0))
-            })
+            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
             .unwrap_or(0);
         let chunked = lower
             .lines()

@@ -36,15 +36,8 @@ impl Resp {
     async fn read(resp: reqwest::Response, what: &str) -> Result<Resp> {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .with_context(|| format!("{what}: reading body"))?;
-        Ok(Resp {
-            status,
-            headers,
-            body,
-        })
+        let body = resp.bytes().await.with_context(|| format!("{what}: reading body"))?;
+        Ok(Resp { status, headers, body })
     }
 
     pub fn text(&self) -> String {
@@ -52,15 +45,11 @@ impl Resp {
     }
 
     pub fn json(&self) -> Result<Value> {
-        serde_json::from_slice(&self.body)
-            .with_context(|| format!("response body is not JSON: {self}"))
+        serde_json::from_slice(&self.body).with_context(|| format!("response body is not JSON: {self}"))
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
     }
 
     pub fn invocation_id(&self) -> Option<String> {
@@ -93,22 +82,14 @@ impl Resp {
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("error body has no string \"message\": {self}"))?
             .to_string();
-        ensure!(
-            !message.trim().is_empty(),
-            "error body has an empty message: {self}"
-        );
+        ensure!(!message.trim().is_empty(), "error body has an empty message: {self}");
         Ok((code, message))
     }
 }
 
 impl std::fmt::Display for Resp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "HTTP {} body={:?}",
-            self.status,
-            truncate(&self.text(), 600)
-        )
+        write!(f, "HTTP {} body={:?}", self.status, truncate(&self.text(), 600))
     }
 }
 
@@ -154,29 +135,19 @@ impl Http {
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("{method} {url}"))?;
+        let resp = req.send().await.with_context(|| format!("{method} {url}"))?;
         Resp::read(resp, &format!("{method} {url}")).await
     }
 
     pub async fn get(&self, url: &str) -> Result<Resp> {
-        self.request(reqwest::Method::GET, url, None, &[], None)
-            .await
+        self.request(reqwest::Method::GET, url, None, &[], None).await
     }
 
     pub async fn get_timeout(&self, url: &str, timeout: Duration) -> Result<Resp> {
-        self.request(reqwest::Method::GET, url, None, &[], Some(timeout))
-            .await
+        self.request(reqwest::Method::GET, url, None, &[], Some(timeout)).await
     }
 
-    pub async fn post(
-        &self,
-        url: &str,
-        body: impl Into<Bytes>,
-        headers: &[(&str, &str)],
-    ) -> Result<Resp> {
+    pub async fn post(&self, url: &str, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Result<Resp> {
         self.request(reqwest::Method::POST, url, Some(body.into()), headers, None)
             .await
     }
@@ -188,22 +159,14 @@ impl Http {
         headers: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<Resp> {
-        self.request(
-            reqwest::Method::POST,
-            url,
-            Some(body.into()),
-            headers,
-            Some(timeout),
-        )
-        .await
+        self.request(reqwest::Method::POST, url, Some(body.into()), headers, Some(timeout))
+            .await
     }
 
     /// POST with a chunked (streamed, no content-length) body.
     pub async fn post_chunked(&self, url: &str, body: Bytes, chunk: usize) -> Result<Resp> {
-        let chunks: Vec<Result<Bytes, std::io::Error>> = body
-            .chunks(chunk)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            body.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         let stream = futures_util::stream::iter(chunks);
         let resp = self
             .client
@@ -222,9 +185,7 @@ impl Http {
 /// `POST {admin}/deployments {"uri": uri}` → 200/201; returns the deployment JSON.
 pub async fn register(http: &Http, admin: &str, uri: &str) -> Result<Value> {
     let body = serde_json::json!({ "uri": uri }).to_string();
-    let resp = http
-        .post(&format!("{admin}/deployments"), body, &[])
-        .await?;
+    let resp = http.post(&format!("{admin}/deployments"), body, &[]).await?;
     ensure!(
         resp.status == 200 || resp.status == 201,
         "registering deployment {uri}: expected 200/201, got {resp}"
@@ -233,40 +194,18 @@ pub async fn register(http: &Http, admin: &str, uri: &str) -> Result<Value> {
 }
 
 /// `POST {ingress}/{path}` (path like `Counter/k/add`), optionally with an idempotency key.
-pub async fn call(
-    http: &Http,
-    ingress: &str,
-    path: &str,
-    body: &str,
-    idempotency_key: Option<&str>,
-) -> Result<Resp> {
+pub async fn call(http: &Http, ingress: &str, path: &str, body: &str, idempotency_key: Option<&str>) -> Result<Resp> {
     let url = format!("{ingress}/{path}");
     match idempotency_key {
-        Some(k) => {
-            http.post(&url, body.to_string(), &[("idempotency-key", k)])
-                .await
-        }
+        Some(k) => http.post(&url, body.to_string(), &[("idempotency-key", k)]).await,
         None => http.post(&url, body.to_string(), &[]).await,
     }
 }
 
 /// `POST {ingress}/{path}/send` → 202 `{"invocationId": ..., "status": "Accepted"}`; returns the
 /// whole response (use [`send_id`] for the id).
-pub async fn send(
-    http: &Http,
-    ingress: &str,
-    path: &str,
-    body: &str,
-    idempotency_key: Option<&str>,
-) -> Result<Resp> {
-    call(
-        http,
-        ingress,
-        &format!("{path}/send"),
-        body,
-        idempotency_key,
-    )
-    .await
+pub async fn send(http: &Http, ingress: &str, path: &str, body: &str, idempotency_key: Option<&str>) -> Result<Resp> {
+    call(http, ingress, &format!("{path}/send"), body, idempotency_key).await
 }
 
 /// The invocation id of a `/send` response, asserting 202 and the documented shape.
@@ -277,10 +216,7 @@ pub fn send_id(resp: &Resp) -> Result<String> {
         .get("invocationId")
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("/send response without invocationId: {resp}"))?;
-    ensure!(
-        is_invocation_id(id),
-        "/send returned a malformed invocation id {id:?}"
-    );
+    ensure!(is_invocation_id(id), "/send returned a malformed invocation id {id:?}");
     Ok(id.to_string())
 }
 
@@ -292,39 +228,27 @@ pub async fn attach(http: &Http, ingress: &str, id: &str, timeout: Duration) -> 
 
 /// `GET {ingress}/invocations/{id}/output`.
 pub async fn output(http: &Http, ingress: &str, id: &str) -> Result<Resp> {
-    http.get(&format!("{ingress}/invocations/{id}/output"))
-        .await
+    http.get(&format!("{ingress}/invocations/{id}/output")).await
 }
 
 /// `GET {admin}/invocations/{id}` → 200 JSON.
 pub async fn invocation(http: &Http, admin: &str, id: &str) -> Result<Value> {
     let resp = http
-        .get_timeout(
-            &format!("{admin}/invocations/{id}"),
-            Duration::from_secs(10),
-        )
+        .get_timeout(&format!("{admin}/invocations/{id}"), Duration::from_secs(10))
         .await?;
-    resp.ok_json()
-        .with_context(|| format!("GET /invocations/{id}"))
+    resp.ok_json().with_context(|| format!("GET /invocations/{id}"))
 }
 
 /// `inv_` + 32 lowercase hex chars.
 pub fn is_invocation_id(id: &str) -> bool {
     id.strip_prefix("inv_")
-        .map(|hex| {
-            hex.len() == 32
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        })
+        .map(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
         .unwrap_or(false)
 }
 
 /// Status string of an admin invocation JSON.
 pub fn inv_status(v: &Value) -> &str {
-    v.get("status")
-        .and_then(Value::as_str)
-        .unwrap_or("<no status>")
+    v.get("status").and_then(Value::as_str).unwrap_or("<no status>")
 }
 
 /// A compact one-line summary of an admin invocation JSON.
@@ -348,20 +272,14 @@ pub fn inv_summary(v: &Value) -> String {
     format!(
         "status={} attempts={} lastError={} journal=[{}] output={}",
         inv_status(v),
-        v.get("attempts")
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "?".into()),
+        v.get("attempts").map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
         truncate(
-            &v.get("lastError")
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "?".into()),
+            &v.get("lastError").map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
             300
         ),
         journal.join(", "),
         truncate(
-            &v.get("output")
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "?".into()),
+            &v.get("output").map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
             200
         ),
     )

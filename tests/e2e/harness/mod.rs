@@ -97,9 +97,7 @@ where
     F: FnOnce(Env) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let tmp = tempfile::Builder::new()
         .prefix(&format!("kiln-e2e-{name}-"))
         .tempdir()
@@ -136,10 +134,7 @@ where
         None => println!("[{name}] PASSED in {:.1} s", elapsed.as_secs_f64()),
         Some(msg) => {
             report_logs(&env);
-            panic!(
-                "[{name}] FAILED after {:.1} s: {msg}",
-                elapsed.as_secs_f64()
-            );
+            panic!("[{name}] FAILED after {:.1} s: {msg}", elapsed.as_secs_f64());
         }
     }
 }
@@ -163,8 +158,7 @@ fn report_logs(env: &Env) {
     let _ = fs::create_dir_all(&artifacts);
     let logs = env.inner.logs.lock().unwrap().clone();
     for (label, path) in logs {
-        let text =
-            fs::read_to_string(&path).unwrap_or_else(|e| format!("<cannot read {path:?}: {e}>"));
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| format!("<cannot read {path:?}: {e}>"));
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(60)..];
         eprintln!(
@@ -176,10 +170,7 @@ fn report_logs(env: &Env) {
         for line in tail {
             eprintln!("{line}");
         }
-        let file_name = path
-            .file_name()
-            .map(|f| f.to_os_string())
-            .unwrap_or_default();
+        let file_name = path.file_name().map(|f| f.to_os_string()).unwrap_or_default();
         let _ = fs::copy(&path, artifacts.join(file_name));
     }
     eprintln!("----- full logs kept in {} -----", artifacts.display());

@@ -104,10 +104,7 @@ impl Kiln {
         opt("--max-body-bytes", opts.max_body_bytes);
         opt("--retry-initial-ms", opts.retry_initial_ms);
         opt("--retry-max-ms", opts.retry_max_ms);
-        opt(
-            "--idempotency-retention-secs",
-            opts.idempotency_retention_secs,
-        );
+        opt("--idempotency-retention-secs", opts.idempotency_retention_secs);
         args.extend(opts.extra_args.iter().cloned());
         let log = dir.join(format!("{label}.log"));
         env.add_log(&format!("kiln {label}"), &log);
@@ -128,21 +125,14 @@ impl Kiln {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        ensure!(
-            self.child.is_none(),
-            "kiln {} is already running",
-            self.label
-        );
+        ensure!(self.child.is_none(), "kiln {} is already running", self.label);
         self.starts += 1;
         let (out, err) = open_log(
             &self.log,
             &format!("start #{}: kiln {}", self.starts, self.args.join(" ")),
         )?;
         let mut cmd = Command::new(KILN_BIN);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        cmd.args(&self.args).stdin(Stdio::null()).stdout(out).stderr(err);
         // Only the flags given here configure the node: no KILN_* from the caller's environment.
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("KILN_") {
@@ -175,10 +165,7 @@ impl Kiln {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
                     self.child = None;
-                    bail!(
-                        "kiln {} exited during start-up with {status} (see its log)",
-                        self.label
-                    );
+                    bail!("kiln {} exited during start-up with {status} (see its log)", self.label);
                 }
             } else {
                 bail!("kiln {} is not running", self.label);
@@ -199,10 +186,7 @@ impl Kiln {
             sleep_ms(50).await;
         }
         // The ingress listener must accept connections too.
-        let deadline = Deadline::after(
-            Duration::from_secs(10),
-            "waiting for the ingress port to accept",
-        );
+        let deadline = Deadline::after(Duration::from_secs(10), "waiting for the ingress port to accept");
         loop {
             match tokio::net::TcpStream::connect(("127.0.0.1", self.ingress_port)).await {
                 Ok(_) => return Ok(()),
@@ -298,9 +282,7 @@ impl Kiln {
 
     /// `Counter/{key}/add(n)` must answer 200 with a number; returns it.
     pub async fn counter_add(&self, key: &str, n: i64) -> Result<i64> {
-        let r = self
-            .call(&format!("Counter/{key}/add"), &n.to_string())
-            .await?;
+        let r = self.call(&format!("Counter/{key}/add"), &n.to_string()).await?;
         r.ok_json()?
             .as_i64()
             .ok_or_else(|| anyhow!("Counter/{key}/add answered a non-number: {r}"))
@@ -381,12 +363,7 @@ impl Service {
         Self::start_on(env, jar, free_port(), envs).await
     }
 
-    pub async fn start_on(
-        env: &Env,
-        jar: Jar,
-        port: u16,
-        envs: &[(&str, &str)],
-    ) -> Result<Service> {
+    pub async fn start_on(env: &Env, jar: Jar, port: u16, envs: &[(&str, &str)]) -> Result<Service> {
         jar.path()?;
         let dir = env.new_dir(jar.label());
         let log = dir.join(format!("{}-{}.log", jar.label(), port));
@@ -395,10 +372,7 @@ impl Service {
             env: env.clone(),
             jar,
             port,
-            envs: envs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             log,
             child: None,
             starts: 0,
@@ -409,11 +383,7 @@ impl Service {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        ensure!(
-            self.child.is_none(),
-            "{} is already running",
-            self.jar.label()
-        );
+        ensure!(self.child.is_none(), "{} is already running", self.jar.label());
         self.starts += 1;
         let jar = self.jar.path()?;
         let java = std::env::var_os("JAVA_HOME")
@@ -454,11 +424,7 @@ impl Service {
         self.spawn()?;
         let deadline = Deadline::after(
             SERVICE_READY_TIMEOUT,
-            format!(
-                "waiting for {} GET /discover on port {}",
-                self.jar.label(),
-                self.port
-            ),
+            format!("waiting for {} GET /discover on port {}", self.jar.label(), self.port),
         );
         let url = format!("{}/discover", self.uri());
         loop {

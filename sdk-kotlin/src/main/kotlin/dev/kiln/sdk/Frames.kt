@@ -19,10 +19,11 @@ internal object FrameType {
     const val END = 0x0005
     const val ERROR = 0x0006
     const val SUSPEND = 0x0007
+    const val CANCEL = 0x0008
 
     fun name(type: Int): String = when (type) {
         START -> "START"; ENTRY -> "ENTRY"; ACK -> "ACK"; COMPLETION -> "COMPLETION"
-        END -> "END"; ERROR -> "ERROR"; SUSPEND -> "SUSPEND"
+        END -> "END"; ERROR -> "ERROR"; SUSPEND -> "SUSPEND"; CANCEL -> "CANCEL"
         else -> "0x%04x".format(type)
     }
 }
@@ -192,6 +193,12 @@ internal fun Map<String, Any?>.long(field: String): Long? = when (val v = this[f
     null -> null
     is Long -> v
     else -> throw ProtocolException("field '$field' must be an integer, got ${v::class.simpleName}")
+}
+
+internal fun Map<String, Any?>.bool(field: String): Boolean? = when (val v = this[field]) {
+    null -> null
+    is Boolean -> v
+    else -> throw ProtocolException("field '$field' must be a bool, got ${v::class.simpleName}")
 }
 
 internal fun Map<String, Any?>.reqLong(field: String): Long = long(field) ?: throw ProtocolException("missing field '$field'")

@@ -7,6 +7,7 @@ import kotlinx.serialization.json.addJsonObject
 import kotlinx.serialization.json.buildJsonObject
 import kotlinx.serialization.json.put
 import kotlinx.serialization.json.putJsonArray
+import kotlinx.serialization.json.putJsonObject
 import kotlinx.serialization.serializer
 import java.lang.reflect.InvocationTargetException
 import java.lang.reflect.Method
@@ -21,7 +22,18 @@ import kotlin.reflect.jvm.javaMethod
 /** JSON used for every user payload (inputs, outputs, state values, run results). */
 internal val KilnJson: Json = Json { ignoreUnknownKeys = true }
 
-internal enum class ServiceKind(val wire: String) { SERVICE("service"), VIRTUAL_OBJECT("virtual_object") }
+internal enum class ServiceKind(val wire: String) {
+    SERVICE("service"), VIRTUAL_OBJECT("virtual_object"), WORKFLOW("workflow");
+
+    /** Virtual objects and workflows are addressed by a key; stateless services are not. */
+    val keyed: Boolean get() = this != SERVICE
+}
+
+/** A handler's kind in discovery (protocol §1, §5). */
+internal enum class HandlerKind(val wire: String) { EXCLUSIVE("exclusive"), SHARED("shared"), WORKFLOW("workflow") }
+
+/** A handler's `retryPolicy` in discovery; `null` fields are left to the runtime. */
+internal class RetryPolicySpec(val initialIntervalMs: Long?, val maxIntervalMs: Long?, val maxAttempts: Int?)
 
 private val NAME_PATTERN = Regex("[A-Za-z_][A-Za-z0-9_]*")
 
@@ -30,8 +42,9 @@ internal class ServiceDefinition(val name: String, val kind: ServiceKind, val ha
 internal class HandlerDefinition(
     val serviceName: String,
     val name: String,
-    /** `shared` per discovery: true for every handler of a stateless service and for `@Shared`. */
-    val shared: Boolean,
+    val serviceKind: ServiceKind,
+    val kind: HandlerKind,
+    val retryPolicy: RetryPolicySpec?,
     private val instance: Any,
     private val method: Method,
     private val inputType: KType?,
@@ -40,6 +53,9 @@ internal class HandlerDefinition(
     private val outputSerializer: KSerializer<Any?>?,
 ) {
     val qualifiedName: String get() = "$serviceName/$name"
+
+    /** True for handlers that may not write state: every handler except exclusive and workflow-run ones. */
+    val shared: Boolean get() = kind == HandlerKind.SHARED
 
     /**
      * Decodes [input], calls the handler and encodes its result. A body that does not decode is a
@@ -77,44 +93,77 @@ internal class HandlerDefinition(
 /** Reads the annotations of [instance]'s class and builds its definition; fails on misuse. */
 internal fun defineService(instance: Any): ServiceDefinition {
     val cls: KClass<*> = instance::class
-    val svc = cls.findAnnotation<Service>()
-    val obj = cls.findAnnotation<VirtualObject>()
-    require(svc == null || obj == null) { "${cls.qualifiedName} is annotated both @Service and @VirtualObject" }
-    require(svc != null || obj != null) { "${cls.qualifiedName} is neither a @Service nor a @VirtualObject" }
-    val kind = if (obj != null) ServiceKind.VIRTUAL_OBJECT else ServiceKind.SERVICE
-    val serviceName = (svc?.name ?: obj!!.name).ifEmpty { cls.simpleName ?: "" }
-    require(NAME_PATTERN.matches(serviceName)) { "service name '$serviceName' does not match ${NAME_PATTERN.pattern}" }
+    val (serviceName, kind) = serviceIdentity(cls)
 
     val handlers = LinkedHashMap<String, HandlerDefinition>()
     val functions = cls.declaredMemberFunctions
-        .filter { it.findAnnotation<Handler>() != null || it.findAnnotation<Shared>() != null }
+        .filter { it.findAnnotation<Handler>() != null || it.findAnnotation<Shared>() != null || it.findAnnotation<Workflow>() != null }
         .sortedBy { it.name }
     for (f in functions) {
         val h = defineHandler(instance, serviceName, kind, f)
         require(handlers.put(h.name, h) == null) { "service $serviceName has two handlers named '${h.name}'" }
     }
     require(handlers.isNotEmpty()) { "service $serviceName (${cls.qualifiedName}) has no @Handler functions" }
+    if (kind == ServiceKind.WORKFLOW) {
+        val runs = handlers.values.count { it.kind == HandlerKind.WORKFLOW }
+        require(runs == 1) {
+            "workflow $serviceName (${cls.qualifiedName}) must have exactly one run handler annotated @Workflow, has $runs"
+        }
+    }
     return ServiceDefinition(serviceName, kind, handlers)
 }
 
+/** The service name and kind of an annotated class; fails unless exactly one kind annotation is present. */
+internal fun serviceIdentity(cls: KClass<*>): Pair<String, ServiceKind> {
+    val svc = cls.findAnnotation<Service>()
+    val obj = cls.findAnnotation<VirtualObject>()
+    val wf = cls.findAnnotation<Workflow>()
+    val count = listOfNotNull(svc, obj, wf).size
+    require(count <= 1) { "${cls.qualifiedName} has more than one of @Service, @VirtualObject, @Workflow" }
+    require(count == 1) { "${cls.qualifiedName} is not annotated @Service, @VirtualObject or @Workflow" }
+    val kind = when {
+        obj != null -> ServiceKind.VIRTUAL_OBJECT
+        wf != null -> ServiceKind.WORKFLOW
+        else -> ServiceKind.SERVICE
+    }
+    val serviceName = (svc?.name ?: obj?.name ?: wf!!.name).ifEmpty { cls.simpleName ?: "" }
+    require(NAME_PATTERN.matches(serviceName)) { "service name '$serviceName' does not match ${NAME_PATTERN.pattern}" }
+    return serviceName to kind
+}
+
+/** A handler's name: `@Handler(name)` or `@Workflow(name)` when given, else the function's name. */
+internal fun handlerName(f: KFunction<*>): String =
+    (f.findAnnotation<Handler>()?.name?.takeIf { it.isNotEmpty() } ?: f.findAnnotation<Workflow>()?.name ?: "").ifEmpty { f.name }
+
 @Suppress("UNCHECKED_CAST")
 private fun defineHandler(instance: Any, serviceName: String, kind: ServiceKind, f: KFunction<*>): HandlerDefinition {
-    val name = (f.findAnnotation<Handler>()?.name ?: "").ifEmpty { f.name }
+    val name = handlerName(f)
     val where = "handler $serviceName/$name (${instance::class.qualifiedName}.${f.name})"
     require(NAME_PATTERN.matches(name)) { "$where: name does not match ${NAME_PATTERN.pattern}" }
     require(f.isSuspend) { "$where must be a suspend function" }
     val isSharedAnnotated = f.findAnnotation<Shared>() != null
+    val isRun = f.findAnnotation<Workflow>() != null
     require(!(isSharedAnnotated && kind == ServiceKind.SERVICE)) {
-        "$where: @Shared is only meaningful in a @VirtualObject (every handler of a service is shared)"
+        "$where: @Shared is only meaningful in a @VirtualObject or @Workflow (every handler of a service is shared)"
     }
-    val shared = kind == ServiceKind.SERVICE || isSharedAnnotated
+    require(!isRun || kind == ServiceKind.WORKFLOW) { "$where: @Workflow on a function marks the run handler of a @Workflow class" }
+    require(!(isRun && isSharedAnnotated)) { "$where: a workflow's run handler cannot be @Shared" }
+    val handlerKind = when {
+        isRun -> HandlerKind.WORKFLOW
+        kind == ServiceKind.SERVICE || kind == ServiceKind.WORKFLOW || isSharedAnnotated -> HandlerKind.SHARED
+        else -> HandlerKind.EXCLUSIVE
+    }
 
     val params = f.parameters.drop(1) // the receiver (instance)
     require(params.size in 1..2) { "$where must take a context and at most one input parameter" }
     val ctxClass = params[0].type.classifier
     val allowed: Set<KClass<*>> = when {
         kind == ServiceKind.SERVICE -> setOf(Context::class)
-        shared -> setOf(Context::class, SharedObjectContext::class)
+        handlerKind == HandlerKind.WORKFLOW -> setOf(
+            Context::class, SharedObjectContext::class, ObjectContext::class, SharedWorkflowContext::class, WorkflowContext::class,
+        )
+        kind == ServiceKind.WORKFLOW -> setOf(Context::class, SharedObjectContext::class, SharedWorkflowContext::class)
+        handlerKind == HandlerKind.SHARED -> setOf(Context::class, SharedObjectContext::class)
         else -> setOf(Context::class, SharedObjectContext::class, ObjectContext::class)
     }
     require(ctxClass in allowed) {
@@ -127,13 +176,21 @@ private fun defineHandler(instance: Any, serviceName: String, kind: ServiceKind,
 
     val method = f.javaMethod ?: throw IllegalArgumentException("$where has no JVM method")
     if (!method.canAccess(instance)) method.isAccessible = true
+    val retry = f.findAnnotation<Retry>()?.let { r ->
+        require(r.initialIntervalMs >= -1 && r.maxIntervalMs >= -1 && r.maxAttempts >= -1) {
+            "$where: @Retry values must be -1 (runtime default) or non-negative"
+        }
+        RetryPolicySpec(
+            r.initialIntervalMs.takeIf { it >= 0 }, r.maxIntervalMs.takeIf { it >= 0 }, r.maxAttempts.takeIf { it >= 0 },
+        )
+    }
     return HandlerDefinition(
-        serviceName, name, shared, instance, method, inputType,
+        serviceName, name, kind, handlerKind, retry, instance, method, inputType,
         inputSerializer as KSerializer<Any?>?, outputSerializer as KSerializer<Any?>?,
     )
 }
 
-private fun serializerFor(type: KType, where: String): KSerializer<*> = try {
+internal fun serializerFor(type: KType, where: String): KSerializer<*> = try {
     serializer(type)
 } catch (e: Exception) {
     throw IllegalArgumentException("$where: type $type is not serializable with kotlinx.serialization (${e.message})", e)
@@ -149,7 +206,14 @@ internal fun discoveryJson(services: Collection<ServiceDefinition>): String = bu
             putJsonArray("handlers") {
                 for (h in s.handlers.values) addJsonObject {
                     put("name", h.name)
-                    put("kind", if (h.shared) "shared" else "exclusive")
+                    put("kind", h.kind.wire)
+                    h.retryPolicy?.let { r ->
+                        putJsonObject("retryPolicy") {
+                            r.initialIntervalMs?.let { put("initialIntervalMs", it) }
+                            r.maxIntervalMs?.let { put("maxIntervalMs", it) }
+                            r.maxAttempts?.let { put("maxAttempts", it) }
+                        }
+                    }
                 }
             }
         }

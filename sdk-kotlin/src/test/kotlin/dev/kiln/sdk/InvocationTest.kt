@@ -9,7 +9,7 @@ import kotlin.random.Random
 /** Protocol transcripts: frames in, frames out, no server. */
 class InvocationTest {
     private fun run(name: String, value: String) = JournalEntry(0, EntryKind.RUN, name, value = json(value))
-    private fun JournalEntry.at(i: Int) = JournalEntry(i, kind, name, value, failure, keys)
+    private fun JournalEntry.at(i: Int) = copy(index = i)
     private fun input(v: String?) = JournalEntry(0, EntryKind.INPUT, value = v?.let(::json))
 
     private fun assertEntry(e: JournalEntry, index: Int, kind: String, name: String? = null, value: String? = null) {

@@ -35,21 +35,34 @@ internal class Transcript(service: Any, handlerName: String) : AutoCloseable {
         seed: Long = 42,
         id: String = "inv-1",
         epoch: Long = 1,
+        cancelled: Boolean = false,
+        suspendAfterMs: Long? = null,
     ) = send(
         FrameType.START,
         Msgpack.encodeMap(
-            StartMessage(id, definition.name, handler.name, key, epoch, knownEntries, state, seed).toMap()
+            StartMessage(id, definition.name, handler.name, key, epoch, knownEntries, state, seed, cancelled, suspendAfterMs).toMap()
         ),
     )
 
     fun entry(e: JournalEntry) = send(FrameType.ENTRY, e.encode())
     fun input(json: String?) = entry(JournalEntry(0, EntryKind.INPUT, value = json?.encodeToByteArray()))
     fun ack(index: Int) = send(FrameType.ACK, Bodies.ack(index))
+    fun completion(index: Int, result: EntryResult) = send(FrameType.COMPLETION, Bodies.completion(index, result))
+    fun completeWith(index: Int, json: String) = completion(index, EntryResult(value = json.encodeToByteArray()))
+    fun cancel() = send(FrameType.CANCEL, Bodies.EMPTY_MAP)
     fun closeInput() = input.push(ByteArray(0))
 
     /** START (with [journal].size known entries) followed by the journal, input first. */
-    fun replay(journal: List<JournalEntry>, key: String = "", state: Map<String, ByteArray> = emptyMap(), seed: Long = 42) {
-        start(journal.size, key, state, seed)
+    fun replay(
+        journal: List<JournalEntry>,
+        key: String = "",
+        state: Map<String, ByteArray> = emptyMap(),
+        seed: Long = 42,
+        id: String = "inv-1",
+        cancelled: Boolean = false,
+        suspendAfterMs: Long? = null,
+    ) {
+        start(journal.size, key, state, seed, id = id, cancelled = cancelled, suspendAfterMs = suspendAfterMs)
         journal.forEach { entry(it) }
     }
 
@@ -68,6 +81,14 @@ internal class Transcript(service: Any, handlerName: String) : AutoCloseable {
         val f = next()
         assertEquals(FrameType.END, f.type, "expected END, got $f")
         assertEquals(emptyMap<String, Any?>(), Msgpack.decodeMap(f.body))
+    }
+
+    /** Expects a SUSPEND frame and returns its `waiting_on`. */
+    fun expectSuspend(timeoutMs: Long = 5000): List<Long> {
+        val f = next(timeoutMs)
+        assertEquals(FrameType.SUSPEND, f.type, "expected SUSPEND, got $f")
+        @Suppress("UNCHECKED_CAST")
+        return Msgpack.decodeMap(f.body)["waiting_on"] as List<Long>
     }
 
     fun expectError(): Map<String, Any?> {
