@@ -15,8 +15,8 @@ use crate::journal::{codes, CompletionResult, Entry};
 use crate::node::{Creation, Node};
 use crate::object::SubmitError;
 use crate::storage::{
-    encode, keys, InvocationStatus, InvokeMessage, OutboxMessage, PromiseMessage, PromiseOp, StorageError, Table,
-    WriteBatch,
+    encode, keys, HandlerKind, InvocationStatus, InvokeMessage, OutboxMessage, PromiseMessage, PromiseOp, StorageError,
+    Table, WriteBatch,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -99,12 +99,33 @@ impl Node {
             }
             return;
         }
-        if redelivery || invoke.kind == crate::storage::HandlerKind::Workflow {
+        if redelivery || invoke.kind == HandlerKind::Workflow {
             let store = self.store.clone();
             let id = invoke.id;
-            let exists = tokio::task::spawn_blocking(move || store.invocation(&id)).await;
-            if let Ok(Ok(Some(_))) = exists {
-                let _ = self.commit_retrying(extra).await;
+            let existing = match tokio::task::spawn_blocking(move || store.invocation(&id)).await {
+                Ok(Ok(existing)) => existing,
+                other => {
+                    tracing::error!(error = ?other.err(), "cannot check for a duplicate; retried on restart");
+                    return;
+                }
+            };
+            if let Some(existing) = existing {
+                // A redelivery, or a second run of a workflow key: answer a caller, create nothing.
+                match (redelivery, invoke.caller) {
+                    (false, Some((caller, index))) => {
+                        let result = match &existing.output {
+                            Some(output) => CompletionResult::from(output),
+                            None => CompletionResult::failure(
+                                codes::ALREADY_COMPLETED,
+                                format!("workflow {target} is already running; attach to its result by key"),
+                            ),
+                        };
+                        let _ = self.complete(caller, index, result, extra, Completer::Message).await;
+                    }
+                    _ => {
+                        let _ = self.commit_retrying(extra).await;
+                    }
+                }
                 return;
             }
         }

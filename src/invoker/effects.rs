@@ -233,9 +233,14 @@ impl Attempt<'_> {
             HandlerKind::Stateless => InvocationId::new(fastrand::u64(..)),
             _ => InvocationId::new(object.partition_key()),
         };
-        let mut call_chain = self.record.call_chain.clone();
-        if self.record.kind.is_exclusive() {
-            call_chain.push(ObjectId::new(&self.record.service, &self.record.key));
+        // Only a call waits on its callee, so only calls extend the chain of held locks; a send
+        // starts a fresh one (a delayed self-send is no cycle).
+        let mut call_chain = Vec::new();
+        if caller.is_some() {
+            call_chain = self.record.call_chain.clone();
+            if self.record.kind.is_exclusive() {
+                call_chain.push(ObjectId::new(&self.record.service, &self.record.key));
+            }
         }
         Ok(InvokeMessage {
             id,
