@@ -288,6 +288,9 @@ impl Node {
     /// Recovery, in an order that keeps per-sender message order: first every undelivered
     /// outbox message, then timers, then unfinished invocations.
     async fn recover(self: &Arc<Self>) -> Result<(), StorageError> {
+        // Read what is unfinished before redelivery creates more (those start on their own).
+        let unfinished = self.store.unfinished_invocations()?;
+        let objects_with_inbox = self.store.objects_with_inbox()?;
         let outbox = self.store.outbox()?;
         let last_seq = outbox
             .iter()
@@ -301,11 +304,11 @@ impl Node {
         }
         self.timers.load(&self.store)?;
         let mut resumed = 0usize;
-        for object in self.store.objects_with_inbox()? {
+        for object in objects_with_inbox {
             // Activation rebuilds the inbox queue and resumes its head.
             self.objects.activate(self, &object);
         }
-        for (n, (id, record)) in self.store.unfinished_invocations()?.into_iter().enumerate() {
+        for (n, (id, record)) in unfinished.into_iter().enumerate() {
             if record.status == InvocationStatus::Scheduled {
                 continue; // its timer activates it
             }

@@ -84,6 +84,12 @@ impl Invocation {
                 .waiting_on
                 .iter()
                 .any(|i| self.journal.get(*i as usize).and_then(|e| e.result()).is_some())
+            || self.cancel_pending()
+    }
+
+    /// Cancellation was requested and the handler has not observed it yet.
+    pub fn cancel_pending(&self) -> bool {
+        self.record.cancel_requested && !self.journal.iter().any(|e| matches!(e, Entry::Cancelled))
     }
 
     /// A completable entry without a result: a new attempt must re-read the journal first.
@@ -308,12 +314,12 @@ async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -
         Err(e) => tracing::warn!(invocation_id = %id, error = %e, "cannot refresh journal"),
     }
     inv.record.waiting_on = waiting_on.clone();
+    inv.record.cancel_requested |= node.cancel_requests.lock().expect("cancel lock").contains(&id);
     if inv.can_resume() || node.kill_requests.lock().expect("kill lock").contains(&id) {
         return false;
     }
     inv.record.status = InvocationStatus::Suspended;
     inv.record.modified_at_ms = now_ms();
-    inv.record.cancel_requested |= node.cancel_requests.lock().expect("cancel lock").contains(&id);
     let mut batch = WriteBatch::new();
     batch.put(Table::Invocations, keys::invocation(&id), encode(&inv.record));
     if let Err(e) = node.commit_retrying(batch).await {

@@ -116,7 +116,10 @@ impl ObjectActor {
                     }
                 },
             };
-            if invocation.record.status == InvocationStatus::Suspended && !invocation.can_resume() {
+            let killed = node.kill_requests.lock().expect("kill lock").contains(&id);
+            let mut invocation = invocation;
+            invocation.record.cancel_requested |= node.cancel_requests.lock().expect("cancel lock").contains(&id);
+            if invocation.record.status == InvocationStatus::Suspended && !invocation.can_resume() && !killed {
                 // Recovered while suspended: wait for a completion without replaying it.
                 let _guard = node.stripe(&id).lock().await;
                 node.suspended
