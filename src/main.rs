@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Silence from an SDK endpoint before an attempt is retried, in ms [default: 300000]
     #[arg(long, env = "KILN_ATTEMPT_INACTIVITY_TIMEOUT_MS")]
     attempt_inactivity_timeout_ms: Option<u64>,
+    /// How long an SDK waits for a completion before suspending the attempt, in ms [default: 1000]
+    #[arg(long, env = "KILN_SUSPEND_AFTER_MS")]
+    suspend_after_ms: Option<u32>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "KILN_LOG_FORMAT")]
     log_format: Option<String>,
@@ -92,6 +95,7 @@ impl ServeArgs {
             max_inflight_invocations,
             object_idle_ms,
             attempt_inactivity_timeout_ms,
+            suspend_after_ms,
             log_format
         );
         c.validate()

@@ -102,19 +102,19 @@ fn parse_target(node: &Node, path: &str) -> Result<(Target, crate::schema::Servi
             handler: decode(h)?,
             send: true,
         },
-        (ServiceKind::VirtualObject, [_, k, h]) => Target {
+        (ServiceKind::VirtualObject | ServiceKind::Workflow, [_, k, h]) => Target {
             service: service_name,
             key: decode(k)?,
             handler: decode(h)?,
             send: false,
         },
-        (ServiceKind::VirtualObject, [_, k, h, "send"]) => Target {
+        (ServiceKind::VirtualObject | ServiceKind::Workflow, [_, k, h, "send"]) => Target {
             service: service_name,
             key: decode(k)?,
             handler: decode(h)?,
             send: true,
         },
-        (ServiceKind::VirtualObject, [_, _]) => {
+        (ServiceKind::VirtualObject | ServiceKind::Workflow, [_, _]) => {
             return Err(ApiError::bad_request(format!(
                 "{service_name} is a virtual object: call POST /{service_name}/{{key}}/{{handler}}"
             )))

@@ -330,7 +330,7 @@ pub fn check_sdk_entry(kind: HandlerKind, expected_index: u32, frame: &IndexedEn
             });
         }
     }
-    if entry.writes_state() && kind != HandlerKind::Exclusive {
+    if entry.writes_state() && !kind.is_exclusive() {
         let what = match kind {
             HandlerKind::Shared => "a shared handler",
             _ => "a stateless service handler",
@@ -390,6 +390,7 @@ mod tests {
         };
         let cases: Vec<(HandlerKind, u32, IndexedEntry, Result<(), u16>)> = vec![
             (HandlerKind::Exclusive, 1, at(1, set.clone()), Ok(())),
+            (HandlerKind::Workflow, 1, at(1, set.clone()), Ok(())),
             (
                 HandlerKind::Shared,
                 1,

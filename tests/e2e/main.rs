@@ -15,3 +15,9 @@ mod c_service_crash;
 mod d_idempotency;
 mod e_shared_handlers;
 mod f_errors;
+
+// Durable communication, time and workflows (protocol §5).
+mod i3_callbacks;
+mod i3_sagas;
+mod i3_time;
+mod i3_twin;

@@ -9,9 +9,11 @@
 
 #![allow(dead_code, unused_imports)]
 
+mod durable;
 mod http;
 mod process;
 
+pub use durable::*;
 pub use http::*;
 pub use process::*;
 

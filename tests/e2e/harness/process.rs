@@ -309,8 +309,13 @@ pub enum Jar {
     Counter,
     /// Service `Steps`: `threeStep(input: String): String`.
     Steps,
-    /// `Slowpoke`, `Shifty`, `Flaky`.
+    /// `Slowpoke`, `Shifty`, `Flaky`, `Sleeper`, `Waiter`, `Signup`, `Sender`, `Receiver`,
+    /// `CycleA`, `CycleB` (see tests/services/README.md).
     TestServices,
+    /// `Trip` (service), `Flights`, `Hotels`, `Cars` (objects): examples/saga.
+    Saga,
+    /// `Device`, `Alerts` (objects): examples/digital-twin.
+    DigitalTwin,
 }
 
 impl Jar {
@@ -319,6 +324,8 @@ impl Jar {
             Jar::Counter => "examples/counter/target/counter.jar",
             Jar::Steps => "examples/steps/target/steps.jar",
             Jar::TestServices => "tests/services/target/test-services.jar",
+            Jar::Saga => "examples/saga/target/saga.jar",
+            Jar::DigitalTwin => "examples/digital-twin/target/digital-twin.jar",
         }
     }
 
@@ -341,6 +348,8 @@ impl Jar {
             Jar::Counter => "counter",
             Jar::Steps => "steps",
             Jar::TestServices => "test-services",
+            Jar::Saga => "saga",
+            Jar::DigitalTwin => "digital-twin",
         }
     }
 }

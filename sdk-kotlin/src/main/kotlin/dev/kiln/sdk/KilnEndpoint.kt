@@ -28,10 +28,11 @@ public class KilnEndpoint {
     private val services = LinkedHashMap<String, ServiceDefinition>()
 
     /**
-     * Adds [service], an instance of a class annotated [Service] or [VirtualObject], and returns
-     * this endpoint. Throws [IllegalArgumentException] if the class is not a valid service (no
-     * handlers, a handler that is not `suspend`, a wrong context type, a non-serializable
-     * input/output type, a bad or duplicate name).
+     * Adds [service], an instance of a class annotated [Service], [VirtualObject] or [Workflow],
+     * and returns this endpoint. Throws [IllegalArgumentException] if the class is not a valid
+     * service (no handlers, a handler that is not `suspend`, a wrong context type, a
+     * non-serializable input/output type, a bad or duplicate name, a workflow without exactly one
+     * run handler).
      */
     public fun bind(service: Any): KilnEndpoint {
         val def = defineService(service)

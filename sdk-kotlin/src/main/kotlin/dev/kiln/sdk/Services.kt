@@ -182,7 +182,7 @@ private fun defineHandler(instance: Any, serviceName: String, kind: ServiceKind,
         }
         RetryPolicySpec(
             r.initialIntervalMs.takeIf { it >= 0 }, r.maxIntervalMs.takeIf { it >= 0 }, r.maxAttempts.takeIf { it >= 0 },
-        )
+        ).takeIf { it.initialIntervalMs != null || it.maxIntervalMs != null || it.maxAttempts != null }
     }
     return HandlerDefinition(
         serviceName, name, kind, handlerKind, retry, instance, method, inputType,

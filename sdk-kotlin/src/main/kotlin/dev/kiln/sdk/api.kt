@@ -58,12 +58,15 @@ public annotation class VirtualObject(val name: String = "")
 public annotation class Workflow(val name: String = "")
 
 /**
- * Marks a `suspend` member function of a [Service] or [VirtualObject] class as a handler.
+ * Marks a `suspend` member function of a [Service], [VirtualObject] or [Workflow] class as a
+ * handler.
  *
- * A handler takes a context ([Context], [SharedObjectContext] or [ObjectContext]) as its first
- * parameter and optionally one input parameter; input and return value are JSON via
- * kotlinx.serialization (an empty request body means "no input", i.e. `null`; a `Unit` result is
- * an empty body).
+ * A handler takes a context as its first parameter ([Context]; in virtual objects
+ * [SharedObjectContext] or, for exclusive handlers, [ObjectContext]; in workflows
+ * [SharedWorkflowContext] or, for the run handler, [WorkflowContext]) and optionally one input
+ * parameter; input and return value are JSON via kotlinx.serialization (an empty request body
+ * means "no input", i.e. `null`; a `Unit` result is an empty body). In a workflow every `@Handler`
+ * is shared; the run handler is annotated [Workflow] instead.
  *
  * @property name the handler name; empty means the function's name.
  */
@@ -73,9 +76,9 @@ public annotation class Workflow(val name: String = "")
 public annotation class Handler(val name: String = "")
 
 /**
- * Marks a handler of a [VirtualObject] as **shared**: it may run concurrently with other handlers
- * of the same key and may read, but never write, state. Implies [Handler] (a function annotated
- * only with `@Shared` is a handler named after the function).
+ * Marks a handler of a [VirtualObject] or [Workflow] as **shared**: it may run concurrently with
+ * other handlers of the same key and may read, but never write, state. Implies [Handler] (a
+ * function annotated only with `@Shared` is a handler named after the function).
  */
 @Target(AnnotationTarget.FUNCTION)
 @Retention(AnnotationRetention.RUNTIME)
