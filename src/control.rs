@@ -5,10 +5,10 @@ use std::sync::Arc;
 use crate::ids::InvocationId;
 use crate::invocation::{drive, Invocation};
 use crate::invoker::AttemptSignal;
-use crate::journal::Entry;
+use crate::journal::{codes, Entry, Failure, Output};
 use crate::node::Node;
 use crate::object::ObjectMsg;
-use crate::storage::{encode, keys, HandlerKind, StorageError, Table, WriteBatch};
+use crate::storage::{encode, keys, HandlerKind, InvocationStatus, StorageError, Table, WriteBatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -106,14 +106,43 @@ impl Node {
         Ok(())
     }
 
-    /// Ends the invocation at once as `killed`, running no more of its code. A pending or
-    /// backing-off invocation is killed when its next attempt would start.
+    /// Ends the invocation at once as `killed`, running no more of its code: a running attempt
+    /// is aborted (its driver writes the end); otherwise the end is written here, durably, before
+    /// answering.
     pub async fn kill(self: &Arc<Self>, id: InvocationId) -> Result<(), ControlError> {
-        let _guard = self.stripe(&id).lock().await;
-        self.unfinished(id).await?;
-        self.kill_requests.lock().expect("kill lock").insert(id);
-        self.wake(id, AttemptSignal::Kill, None);
-        tracing::info!(invocation_id = %id, "invocation.kill");
+        let staged = {
+            let _guard = self.stripe(&id).lock().await;
+            let inv = self.unfinished(id).await?;
+            tracing::info!(invocation_id = %id, status = inv.record.status.as_str(), "invocation.kill");
+            if let Some(tx) = self.attempts.lock().expect("attempts lock").get(&id) {
+                if tx.try_send(AttemptSignal::Kill).is_ok() {
+                    return Ok(());
+                }
+            }
+            // Pending, scheduled, suspended or backing off: a driver or actor that still holds it
+            // finds it in `killed` and stops without writing.
+            self.killed.lock().expect("killed lock").insert(id);
+            self.suspended.lock().expect("suspended lock").remove(&id);
+            let output = Output::Failure(Failure {
+                code: codes::KILLED,
+                message: "killed".into(),
+            });
+            let mut batch = WriteBatch::new();
+            let staged =
+                crate::invocation::finish_writes(self, &id, &inv.record, InvocationStatus::Killed, &output, &mut batch);
+            self.commit_retrying(batch).await?;
+            self.finished_counted(id, &output, inv.record.status != InvocationStatus::Scheduled);
+            if inv.record.kind.is_exclusive() {
+                let object = inv.object();
+                if let Err(e) = self.objects.send(self, &object, ObjectMsg::Forget(id)) {
+                    tracing::warn!(invocation_id = %id, error = %e, "could not tell the object about the kill");
+                }
+            }
+            staged
+        };
+        if let Some((key, message)) = staged {
+            self.deliver(Some(key), message, false).await;
+        }
         Ok(())
     }
 }

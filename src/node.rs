@@ -44,7 +44,9 @@ pub struct Node {
     pub(crate) attempts: Mutex<HashMap<InvocationId, mpsc::Sender<AttemptSignal>>>,
     /// Suspended invocations and the entries they wait on.
     pub(crate) suspended: Mutex<HashMap<InvocationId, Vec<u32>>>,
-    pub(crate) kill_requests: Mutex<HashSet<InvocationId>>,
+    /// Invocations ended by `kill` while no attempt ran: a driver that finds its id here stops
+    /// without writing (the end is already durable).
+    pub(crate) killed: Mutex<HashSet<InvocationId>>,
     pub(crate) cancel_requests: Mutex<HashSet<InvocationId>>,
     outbox_seq: AtomicU64,
 }
@@ -256,10 +258,16 @@ impl Node {
 
     /// Called once an invocation's end is durable.
     pub fn finished(&self, id: InvocationId, output: &Output) {
+        self.finished_counted(id, output, true);
+    }
+
+    /// `counted`: the invocation was counted in flight (scheduled ones are not).
+    pub(crate) fn finished_counted(&self, id: InvocationId, output: &Output, counted: bool) {
         self.live.remove(&id);
-        self.kill_requests.lock().expect("kill lock").remove(&id);
         self.cancel_requests.lock().expect("cancel lock").remove(&id);
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        if counted {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
         self.waiters.notify(id, output);
     }
 
@@ -396,7 +404,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stripes: (0..STRIPES_COUNT).map(|_| tokio::sync::Mutex::new(())).collect(),
         attempts: Mutex::new(HashMap::new()),
         suspended: Mutex::new(HashMap::new()),
-        kill_requests: Mutex::new(HashSet::new()),
+        killed: Mutex::new(HashSet::new()),
         cancel_requests: Mutex::new(HashSet::new()),
         outbox_seq: AtomicU64::new(0),
     });

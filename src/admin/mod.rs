@@ -231,7 +231,7 @@ struct ListQuery {
 const LIST_LIMIT_MAX: usize = 1000;
 
 /// `GET /invocations?status=&service=&key=&handler=&limit=&after=`: a page of invocations
-/// (without journals), in id order; `nextAfter` continues the listing.
+/// (without journals), in storage order (partition, then id); `nextAfter` continues the listing.
 async fn list_invocations(query: web::Query<ListQuery>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
     let status = match q.status.as_deref() {

@@ -103,7 +103,7 @@ impl Invocation {
 
 /// Adds the writes that finish the invocation with `output` and `status` to `batch`; returns
 /// the message completing its caller's `call` entry, staged in the same batch.
-fn finish_writes(
+pub(crate) fn finish_writes(
     node: &Node,
     id: &InvocationId,
     record: &InvocationRecord,
@@ -140,19 +140,6 @@ fn finish_writes(
 pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<StateCache>>) -> DriveEnd {
     let id = inv.id;
     loop {
-        if node.kill_requests.lock().expect("kill lock").contains(&id) {
-            finish(
-                &node,
-                inv,
-                InvocationStatus::Killed,
-                Failure {
-                    code: codes::KILLED,
-                    message: "killed".into(),
-                },
-            )
-            .await;
-            return DriveEnd::Finished;
-        }
         let Some(endpoint) = node.schema.endpoint_of(&inv.record.deployment_id) else {
             let failure = Failure {
                 code: codes::PROTOCOL_VIOLATION,
@@ -164,6 +151,9 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
         // Register for completions; re-read the journal if completions may have landed.
         let signals = {
             let _guard = node.stripe(&id).lock().await;
+            if node.killed.lock().expect("killed lock").remove(&id) {
+                return DriveEnd::Finished; // `kill` already wrote the end
+            }
             if inv.awaits_completions() {
                 match crate::control::load(&node, id).await {
                     Ok(Some(fresh)) => inv.journal = fresh.journal,
@@ -247,12 +237,10 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
                 .await;
                 return DriveEnd::Finished;
             }
-            AttemptOutcome::Suspended(waiting_on) => {
-                if suspend(&node, &mut inv, waiting_on).await {
-                    return DriveEnd::Suspended;
-                }
-                // A completion landed meanwhile: go on with a fresh attempt.
-            }
+            AttemptOutcome::Suspended(waiting_on) => match suspend(&node, &mut inv, waiting_on).await {
+                Some(end) => return end,
+                None => {} // a completion landed meanwhile: go on with a fresh attempt
+            },
             AttemptOutcome::Retryable(error) => {
                 tracing::warn!(invocation_id = %id, attempt = inv.record.attempts, %error, "invocation.attempt_failed");
                 let policy = node
@@ -287,36 +275,43 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
                         next_retry_at_ms: inv.record.next_retry_at_ms,
                     },
                 );
-                // Persisting the attempt count is informational: not awaited, ordered by the writer.
-                let mut batch = WriteBatch::new();
-                batch.put(Table::Invocations, keys::invocation(&id), encode(&inv.record));
-                let commit = node.store.writer.commit(batch);
-                actix_rt::spawn(async move {
-                    if let Err(e) = commit.await {
+                {
+                    // Under the stripe lock, so a concurrent `kill` is either seen here or
+                    // writes its end after this record.
+                    let _guard = node.stripe(&id).lock().await;
+                    if node.killed.lock().expect("killed lock").remove(&id) {
+                        return DriveEnd::Finished;
+                    }
+                    let mut batch = WriteBatch::new();
+                    batch.put(Table::Invocations, keys::invocation(&id), encode(&inv.record));
+                    if let Err(e) = node.commit_retrying(batch).await {
                         tracing::warn!(error = %e, "could not record the failed attempt");
                     }
-                });
+                }
                 tokio::time::sleep(delay).await;
             }
         }
     }
 }
 
-/// Records the suspension unless one of `waiting_on` was completed meanwhile (then `false`:
-/// the caller starts a new attempt at once).
-async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -> bool {
+/// Records the suspension, unless one of `waiting_on` was completed meanwhile (then `None`:
+/// the caller starts a new attempt at once) or `kill` ended the invocation.
+async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -> Option<DriveEnd> {
     let id = inv.id;
     let _guard = node.stripe(&id).lock().await;
     node.attempts.lock().expect("attempts lock").remove(&id);
+    if node.killed.lock().expect("killed lock").remove(&id) {
+        return Some(DriveEnd::Finished);
+    }
     match crate::control::load(node, id).await {
         Ok(Some(fresh)) => inv.journal = fresh.journal,
-        Ok(None) => return true,
+        Ok(None) => return Some(DriveEnd::Finished),
         Err(e) => tracing::warn!(invocation_id = %id, error = %e, "cannot refresh journal"),
     }
     inv.record.waiting_on = waiting_on.clone();
     inv.record.cancel_requested |= node.cancel_requests.lock().expect("cancel lock").contains(&id);
-    if inv.can_resume() || node.kill_requests.lock().expect("kill lock").contains(&id) {
-        return false;
+    if inv.can_resume() {
+        return None;
     }
     inv.record.status = InvocationStatus::Suspended;
     inv.record.modified_at_ms = now_ms();
@@ -336,7 +331,7 @@ async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -
     );
     node.suspended.lock().expect("suspended lock").insert(id, waiting_on);
     tracing::debug!(invocation_id = %id, "invocation.suspended");
-    true
+    Some(DriveEnd::Suspended)
 }
 
 /// Ends `inv` for good with `failure` and `status` (durably), tells its waiters and its caller.

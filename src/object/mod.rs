@@ -38,6 +38,8 @@ pub enum ObjectMsg {
     ResumeShared(Invocation),
     /// The suspended exclusive invocation at the head of the inbox can go on.
     Resume(InvocationId),
+    /// The invocation was ended elsewhere (killed while queued or suspended): drop it.
+    Forget(InvocationId),
 }
 
 impl Message for ObjectMsg {
@@ -116,10 +118,9 @@ impl ObjectActor {
                     }
                 },
             };
-            let killed = node.kill_requests.lock().expect("kill lock").contains(&id);
             let mut invocation = invocation;
             invocation.record.cancel_requested |= node.cancel_requests.lock().expect("cancel lock").contains(&id);
-            if invocation.record.status == InvocationStatus::Suspended && !invocation.can_resume() && !killed {
+            if invocation.record.status == InvocationStatus::Suspended && !invocation.can_resume() {
                 // Recovered while suspended: wait for a completion without replaying it.
                 let _guard = node.stripe(&id).lock().await;
                 node.suspended
@@ -143,6 +144,19 @@ impl ObjectActor {
 
     fn resume(&mut self, id: InvocationId, ctx: &mut Context<Self>) {
         if self.head_suspended && self.queue.front().is_some_and(|h| h.id == id) {
+            self.head_suspended = false;
+            self.run_next(ctx);
+        }
+    }
+
+    fn forget(&mut self, id: InvocationId, ctx: &mut Context<Self>) {
+        let head = self.queue.front().is_some_and(|h| h.id == id);
+        if head && self.running_exclusive {
+            return; // its driver sees the kill and returns
+        }
+        self.queue.retain(|q| q.id != id);
+        self.node.killed.lock().expect("killed lock").remove(&id);
+        if head {
             self.head_suspended = false;
             self.run_next(ctx);
         }
@@ -278,6 +292,7 @@ impl Handler<ObjectMsg> for ObjectActor {
             } => self.submit(invocation, extra, reply, ctx),
             ObjectMsg::ResumeShared(invocation) => self.run_shared(invocation, ctx),
             ObjectMsg::Resume(id) => self.resume(id, ctx),
+            ObjectMsg::Forget(id) => self.forget(id, ctx),
         }
     }
 }

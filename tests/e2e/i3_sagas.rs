@@ -99,16 +99,17 @@ fn i3_a_sagas_under_kiln_crashes() {
             let trips = trips();
 
             // Each of the 10 crashes comes after a random uptime of 0.5–2 s; a wave of 20 sagas is
-            // submitted a random 50–400 ms before it, so every crash hits sagas in flight (and some
+            // submitted a random 20–150 ms before it, so every crash hits sagas in flight (and some
             // /sends in flight: those retry with the same idempotency key).
             let t0 = Instant::now();
             let (http, ingress) = (kiln.http.clone(), kiln.ingress());
             let mut handles = Vec::new();
             let mut crash_log = Vec::new();
             let mut inflight_at_crash = 0usize;
+            let mut crashes_mid_saga = 0usize;
             for (n, wave) in trips.chunks(SAGAS / CRASHES).enumerate() {
                 let up_ms = rng.u64(500..=2000);
-                let lead_ms = rng.u64(50..=400);
+                let lead_ms = rng.u64(20..=150);
                 sleep_ms(up_ms - lead_ms).await;
                 for t in wave {
                     handles.push(tokio::spawn(submit(
@@ -123,6 +124,7 @@ fn i3_a_sagas_under_kiln_crashes() {
                 let (listed, _) = list_all(&kiln, "service=Trip", 1000).await?;
                 let open = listed.iter().filter(|v| !is_finished(v)).count();
                 inflight_at_crash += open;
+                crashes_mid_saga += usize::from(open > 0);
                 kiln.kill();
                 let killed_at = t0.elapsed().as_millis();
                 kiln.restart().await.with_context(|| format!("restart #{}", n + 1))?;
@@ -131,7 +133,10 @@ fn i3_a_sagas_under_kiln_crashes() {
                 n + 1, listed.len(), t0.elapsed().as_millis() - killed_at));
             }
             let last_restart_ms = t0.elapsed().as_millis();
-            println!("i3_a: crashes:\n  {}", crash_log.join("\n  "));
+            println!(
+                "i3_a: crashes ({crashes_mid_saga} of {CRASHES} with sagas in flight):\n  {}",
+                crash_log.join("\n  ")
+            );
             ensure!(
                 inflight_at_crash > 0,
                 "no saga was in flight at any crash: the run tested nothing"

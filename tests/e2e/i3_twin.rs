@@ -54,7 +54,7 @@ fn i3_h_digital_twin_heartbeat_and_threshold() {
         |env| async move {
             let window = WINDOW_MS.to_string();
             let svc = Service::start(&env, Jar::DigitalTwin, &[("HEARTBEAT_WINDOW_MS", window.as_str())]).await?;
-            let kiln = Kiln::start(&env, KilnOpts::default()).await?;
+            let mut kiln = Kiln::start(&env, KilnOpts::default()).await?;
             register_expect(&kiln, &svc.uri(), &["Device", "Alerts"]).await?;
 
             let t0 = Instant::now();
@@ -146,6 +146,33 @@ fn i3_h_digital_twin_heartbeat_and_threshold() {
             ensure!(
                 d2["status"] == "online" && a2.is_empty(),
                 "d2 (readings within the window, at/below threshold): {d2} alerts {a2:?}"
+            );
+            // The delayed self-send is durable: kiln is SIGKILLed and restarted inside the window.
+            let t3 = Instant::now();
+            kiln.call("Device/d3/ingest", &json!({ "value": 1.0 }).to_string())
+                .await?
+                .ok_json()?;
+            sleep_ms(WINDOW_MS / 4).await;
+            kiln.kill();
+            kiln.restart().await?;
+            let restarted_ms = t3.elapsed().as_millis();
+            let (list, _) = wait_alert(
+                &kiln,
+                "d3",
+                "a heartbeat alert after a kiln restart",
+                Duration::from_millis(WINDOW_MS + 6000),
+                is_heartbeat,
+            )
+            .await?;
+            let d3_ms = t3.elapsed().as_millis();
+            println!("i3_h: d3: kiln restarted at {restarted_ms} ms; heartbeat alert at {d3_ms} ms: {list:?}");
+            ensure!(
+                d3_ms + 100 >= WINDOW_MS as u128 && list.len() == 1,
+                "d3 after a kiln restart: alert at {d3_ms} ms, alerts {list:?}"
+            );
+            ensure!(
+                device_status(&kiln, "d3").await?["status"] == "offline",
+                "d3 not offline after its heartbeat alert"
             );
             Ok(())
         },

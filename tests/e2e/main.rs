@@ -18,6 +18,7 @@ mod f_errors;
 
 // Durable communication, time and workflows (protocol §5).
 mod i3_callbacks;
+mod i3_control;
 mod i3_sagas;
 mod i3_time;
 mod i3_twin;
