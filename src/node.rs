@@ -307,8 +307,14 @@ impl Node {
             .max();
         self.outbox_seq.store(last_seq.map_or(0, |s| s + 1), Ordering::Relaxed);
         let redelivered = outbox.len();
+        tracing::info!(unfinished = unfinished.len(), outbox = redelivered, "node.recovering");
         for (key, message) in outbox {
+            tracing::debug!(?message, "node.redeliver");
+            let started = std::time::Instant::now();
             self.deliver(Some(key), message, true).await;
+            if started.elapsed() > Duration::from_secs(1) {
+                tracing::warn!(elapsed_ms = started.elapsed().as_millis() as u64, "node.redeliver_slow");
+            }
         }
         self.timers.load(&self.store)?;
         let mut resumed = 0usize;
@@ -387,6 +393,7 @@ impl Node {
 
 /// Opens storage, recovers, and serves until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(data_dir = %config.data_dir.display(), "node.opening");
     let store = Store::open(&config.data_dir)?;
     let schema = SchemaRegistry::new(store.deployments()?);
     let actor_threads = Config::threads(config.actor_threads);

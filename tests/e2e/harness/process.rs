@@ -182,7 +182,10 @@ impl Kiln {
                 Ok(r) => last = r.to_string(),
                 Err(e) => last = format!("{e:#}"),
             }
-            deadline.check(&last)?;
+            if let Err(e) = deadline.check(&last) {
+                self.dump_stacks();
+                return Err(e);
+            }
             sleep_ms(50).await;
         }
         // The ingress listener must accept connections too.
@@ -193,6 +196,22 @@ impl Kiln {
                 Err(e) => deadline.check(e)?,
             }
             sleep_ms(50).await;
+        }
+    }
+
+    /// Appends every thread's stack to kiln's log (when gdb is installed): a kiln that is alive
+    /// but never gets ready is a hang worth seeing.
+    fn dump_stacks(&self) {
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else { return };
+        let Ok(out) = Command::new("gdb")
+            .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 40"])
+            .output()
+        else {
+            return;
+        };
+        if let Ok(mut log) = OpenOptions::new().append(true).open(&self.log) {
+            let _ = writeln!(log, "===== [e2e harness] kiln is alive but not ready; thread stacks:");
+            let _ = log.write_all(&out.stdout);
         }
     }
 
