@@ -94,10 +94,7 @@ impl Invocation {
 
     /// A completable entry without a result: a new attempt must re-read the journal first.
     fn awaits_completions(&self) -> bool {
-        self.journal.iter().any(|e| {
-            let mut e = e.clone();
-            e.result_slot().is_some_and(|slot| slot.is_none())
-        })
+        self.journal.iter().any(Entry::awaits_completion)
     }
 }
 

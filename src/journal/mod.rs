@@ -241,17 +241,27 @@ impl Entry {
         }
     }
 
-    /// The result, if this entry is completable and completed.
-    pub fn result(&self) -> Option<&CompletionResult> {
+    /// The completion slot, read-only (`None` for kinds that are never completed).
+    fn completion(&self) -> Option<&Option<CompletionResult>> {
         match self {
             Entry::Call { result, .. }
             | Entry::Sleep { result, .. }
             | Entry::Awakeable { result }
             | Entry::GetPromise { result, .. }
             | Entry::PeekPromise { result, .. }
-            | Entry::CompletePromise { result, .. } => result.as_ref(),
+            | Entry::CompletePromise { result, .. } => Some(result),
             _ => None,
         }
+    }
+
+    /// The result, if this entry is completable and completed.
+    pub fn result(&self) -> Option<&CompletionResult> {
+        self.completion().and_then(Option::as_ref)
+    }
+
+    /// A completable entry that has no result yet.
+    pub fn awaits_completion(&self) -> bool {
+        self.completion().is_some_and(Option::is_none)
     }
 
     /// Entries the SDK waits on: the runtime acknowledges them right away.

@@ -202,7 +202,9 @@ impl Kiln {
     /// Appends every thread's stack to kiln's log (when gdb is installed): a kiln that is alive
     /// but never gets ready is a hang worth seeing.
     fn dump_stacks(&self) {
-        let Some(pid) = self.child.as_ref().map(|c| c.id()) else { return };
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else {
+            return;
+        };
         let Ok(out) = Command::new("gdb")
             .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 40"])
             .output()
