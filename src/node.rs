@@ -266,7 +266,14 @@ impl Node {
         self.live.remove(&id);
         self.cancel_requests.lock().expect("cancel lock").remove(&id);
         if counted {
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            let underflow = self
+                .inflight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)))
+                .is_ok_and(|before| before == 0);
+            if underflow {
+                // An accounting bug must not turn into "too many invocations" forever.
+                tracing::error!(invocation_id = %id, "in-flight count would go below zero");
+            }
         }
         self.waiters.notify(id, output);
     }
@@ -306,6 +313,12 @@ impl Node {
             .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes")))
             .max();
         self.outbox_seq.store(last_seq.map_or(0, |s| s + 1), Ordering::Relaxed);
+        // Count unfinished work first: redelivery starts actors that may finish some of it.
+        let counted = unfinished
+            .iter()
+            .filter(|(_, r)| r.status != InvocationStatus::Scheduled)
+            .count();
+        self.inflight.fetch_add(counted, Ordering::AcqRel);
         let redelivered = outbox.len();
         tracing::info!(unfinished = unfinished.len(), outbox = redelivered, "node.recovering");
         for (key, message) in outbox {
@@ -326,7 +339,6 @@ impl Node {
             if record.status == InvocationStatus::Scheduled {
                 continue; // its timer activates it
             }
-            self.inflight.fetch_add(1, Ordering::AcqRel);
             resumed += 1;
             if record.kind.is_exclusive() {
                 continue; // resumed through its object's inbox
