@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ids::{InvocationId, ObjectId};
+use crate::invocation::Invocation;
 use crate::invoker::AttemptSignal;
 use crate::journal::{codes, CompletionResult, Entry};
 use crate::node::{Creation, Node};
@@ -60,6 +61,35 @@ impl Node {
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
                 other => return other,
+            }
+        }
+    }
+
+    /// Creates an invocation, waiting out back-pressure (a full inbox, mailbox, writer queue or
+    /// in-flight limit): the row that carries it stays durable meanwhile. Any other error is
+    /// logged; the carrying row is then retried on restart.
+    async fn create_retrying(self: &Arc<Self>, invocation: Invocation, extra: WriteBatch, what: &str) {
+        let id = invocation.id;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let creation = Creation {
+                invocation: invocation.clone(),
+                extra: extra.clone(),
+            };
+            match self.create(creation).await {
+                Ok(()) => return,
+                Err(
+                    e @ (SubmitError::InboxFull(_) | SubmitError::MailboxFull(_) | SubmitError::TooManyInvocations),
+                )
+                | Err(e @ SubmitError::Storage(StorageError::Overloaded)) => {
+                    tracing::debug!(error = %e, invocation_id = %id, what, "delivery.backoff");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, invocation_id = %id, what, "cannot create invocation; retried on restart");
+                    return;
+                }
             }
         }
     }
@@ -129,29 +159,7 @@ impl Node {
                 return;
             }
         }
-        let mut delay = Duration::from_millis(20);
-        loop {
-            let creation = Creation {
-                invocation: invoke.clone().into_invocation(),
-                extra: extra.clone(),
-            };
-            match self.create(creation).await {
-                Ok(()) => return,
-                Err(
-                    e @ (SubmitError::InboxFull(_) | SubmitError::MailboxFull(_) | SubmitError::TooManyInvocations),
-                )
-                | Err(e @ SubmitError::Storage(StorageError::Overloaded)) => {
-                    // Back-pressure: the message stays in the outbox (durable) until it fits.
-                    tracing::debug!(error = %e, invocation_id = %invoke.id, "delivery.backoff");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, invocation_id = %invoke.id, "delivery failed; retried on restart");
-                    return;
-                }
-            }
-        }
+        self.create_retrying(invoke.into_invocation(), extra, "delivery").await;
     }
 
     /// Completes entry `index` of `target` with `result` (once), then wakes the invocation.
@@ -299,22 +307,8 @@ impl Node {
             Ok(Ok(Some((mut record, journal)))) if record.status == InvocationStatus::Scheduled => {
                 record.status = InvocationStatus::Pending;
                 record.not_before_ms = None;
-                let invocation = crate::invocation::Invocation { id, record, journal };
-                let mut delay = Duration::from_millis(20);
-                loop {
-                    let creation = Creation {
-                        invocation: invocation.clone(),
-                        extra: extra.clone(),
-                    };
-                    match self.create(creation).await {
-                        Ok(()) => return,
-                        Err(e) => {
-                            tracing::debug!(error = %e, invocation_id = %id, "activation.backoff");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(2));
-                        }
-                    }
-                }
+                let invocation = Invocation { id, record, journal };
+                self.create_retrying(invocation, extra, "activation").await;
             }
             Ok(Ok(_)) => {
                 let _ = self.commit_retrying(extra).await;

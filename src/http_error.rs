@@ -53,6 +53,12 @@ impl From<StorageError> for ApiError {
     }
 }
 
+impl From<crate::ids::MalformedId> for ApiError {
+    fn from(e: crate::ids::MalformedId) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         let status = match &e {

@@ -198,9 +198,7 @@ fn invocation_json(node: &Node, id: InvocationId, record: &InvocationRecord, jou
 }
 
 async fn get_invocation(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
-    let id: InvocationId = path
-        .parse()
-        .map_err(|e: crate::ids::MalformedId| ApiError::bad_request(e.to_string()))?;
+    let id: InvocationId = path.parse()?;
     let store = node.store.clone();
     let found = web::block(move || -> Result<_, crate::storage::StorageError> {
         Ok(match store.invocation(&id)? {
@@ -244,10 +242,7 @@ async fn list_invocations(query: web::Query<ListQuery>, node: web::Data<Node>) -
     };
     let after: Option<InvocationId> = match q.after.as_deref() {
         None => None,
-        Some(a) => Some(
-            a.parse()
-                .map_err(|e: crate::ids::MalformedId| ApiError::bad_request(e.to_string()))?,
-        ),
+        Some(a) => Some(a.parse()?),
     };
     let limit = q.limit.unwrap_or(100).clamp(1, LIST_LIMIT_MAX);
     let store = node.store.clone();
@@ -296,18 +291,14 @@ fn control_error(e: ControlError) -> ApiError {
 /// `PATCH /invocations/{id}/cancel`: the handler sees `TerminalException(409)` at its next
 /// await and may compensate; the calls it waits on are cancelled too.
 async fn cancel_invocation(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
-    let id: InvocationId = path
-        .parse()
-        .map_err(|e: crate::ids::MalformedId| ApiError::bad_request(e.to_string()))?;
+    let id: InvocationId = path.parse()?;
     node.into_inner().cancel(id).await.map_err(control_error)?;
     Ok(HttpResponse::Accepted().json(json!({ "id": id.to_string(), "status": "cancel requested" })))
 }
 
 /// `PATCH /invocations/{id}/kill`: stops at once, without compensation; status `killed`.
 async fn kill_invocation(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
-    let id: InvocationId = path
-        .parse()
-        .map_err(|e: crate::ids::MalformedId| ApiError::bad_request(e.to_string()))?;
+    let id: InvocationId = path.parse()?;
     node.into_inner().kill(id).await.map_err(control_error)?;
     Ok(HttpResponse::Accepted().json(json!({ "id": id.to_string(), "status": "kill requested" })))
 }

@@ -212,8 +212,7 @@ fn parse_delay(query: &str, send: bool) -> Result<Option<std::time::Duration>, A
 }
 
 fn parse_id(raw: &str) -> Result<InvocationId, ApiError> {
-    raw.parse()
-        .map_err(|e: crate::ids::MalformedId| ApiError::bad_request(e.to_string()))
+    Ok(raw.parse()?)
 }
 
 async fn attach(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
