@@ -47,6 +47,14 @@ pub struct Config {
     pub ingress_threads: usize,
     /// `text` or `json`.
     pub log_format: String,
+    /// Stable name of this node in a cluster.
+    pub node_id: String,
+    /// Node-to-node endpoint (MessagePack over HTTP).
+    pub peer_addr: SocketAddr,
+    /// Initial members `id=host:port,…` (peer addresses), read on a data dir's first start.
+    pub cluster: Option<String>,
+    /// Peer address of a member to ask to add this new node.
+    pub join: Option<String>,
 }
 
 impl Default for Config {
@@ -69,6 +77,10 @@ impl Default for Config {
             actor_threads: 0,
             ingress_threads: 0,
             log_format: "text".into(),
+            node_id: "n1".into(),
+            peer_addr: "127.0.0.1:7070".parse().expect("valid addr"),
+            cluster: None,
+            join: None,
         }
     }
 }
@@ -97,6 +109,15 @@ impl Config {
         }
         if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
             return Err("retry_initial_ms must be > 0 and <= retry_max_ms".into());
+        }
+        if self.node_id.is_empty() || self.node_id.len() > 64 || !self.node_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "node_id {:?} must be 1 to 64 visible ASCII characters",
+                self.node_id
+            ));
+        }
+        if let Some(spec) = &self.cluster {
+            crate::cluster::parse_members(spec).map_err(|e| format!("cluster: {e}"))?;
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(format!(

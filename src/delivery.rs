@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::{peer, Placement};
 use crate::ids::{InvocationId, ObjectId};
 use crate::invocation::Invocation;
 use crate::invoker::AttemptSignal;
@@ -16,8 +17,8 @@ use crate::journal::{codes, CompletionResult, Entry};
 use crate::node::{Creation, Node};
 use crate::object::SubmitError;
 use crate::storage::{
-    encode, keys, HandlerKind, InvocationStatus, InvokeMessage, OutboxMessage, PromiseMessage, PromiseOp, StorageError,
-    Table, WriteBatch,
+    encode, key_partition, keys, HandlerKind, InvocationStatus, InvokeMessage, OutboxMessage, PromiseMessage,
+    PromiseOp, StorageError, Table, WriteBatch,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +68,8 @@ impl Node {
 
     /// Creates an invocation, waiting out back-pressure (a full inbox, mailbox, writer queue or
     /// in-flight limit): the row that carries it stays durable meanwhile. Any other error is
-    /// logged; the carrying row is then retried on restart.
-    async fn create_retrying(self: &Arc<Self>, invocation: Invocation, extra: WriteBatch, what: &str) {
+    /// logged; the carrying row is then retried on restart. Returns whether it was created.
+    async fn create_retrying(self: &Arc<Self>, invocation: Invocation, extra: WriteBatch, what: &str) -> bool {
         let id = invocation.id;
         let mut delay = Duration::from_millis(20);
         loop {
@@ -77,7 +78,7 @@ impl Node {
                 extra: extra.clone(),
             };
             match self.create(creation).await {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(
                     e @ (SubmitError::InboxFull(_) | SubmitError::MailboxFull(_) | SubmitError::TooManyInvocations),
                 )
@@ -86,30 +87,119 @@ impl Node {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
+                Err(SubmitError::Storage(StorageError::NotOwner(p))) => {
+                    // A partition moved away meanwhile; nothing was written.
+                    tracing::debug!(partition = p, invocation_id = %id, what, "delivery.moved");
+                    return false;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, invocation_id = %id, what, "cannot create invocation; retried on restart");
-                    return;
+                    return false;
                 }
             }
         }
     }
 
-    /// Delivers one message. `key` is its outbox row, deleted with the message's effect.
-    pub async fn deliver(self: &Arc<Self>, key: Option<Vec<u8>>, message: OutboxMessage, redelivery: bool) {
+    /// Delivers one message, here or at the node that owns its target. `key` is its outbox
+    /// row, deleted with (or, for another node, after) the message's effect. Returns whether
+    /// the effect is durable; if not, the row stays and is delivered again later.
+    pub async fn deliver(self: &Arc<Self>, key: Option<Vec<u8>>, message: OutboxMessage, redelivery: bool) -> bool {
+        let target = message.target_partition();
+        if !self.cluster.owns(target) {
+            return self.deliver_remote(key, message).await;
+        }
+        if !self.cluster.is_clustered() {
+            return self.deliver_here(key, message, redelivery).await;
+        }
+        // In a cluster the target may move away mid-delivery: keep a copy to send on.
+        if self.deliver_here(key.clone(), message.clone(), redelivery).await {
+            return true;
+        }
+        if self.cluster.owns(target) || key.as_ref().is_some_and(|k| !self.cluster.owns(key_partition(k))) {
+            return false; // a failure here, or our copy moved: retried by whoever holds the row
+        }
+        self.deliver_remote(key, message).await
+    }
+
+    async fn deliver_here(self: &Arc<Self>, key: Option<Vec<u8>>, message: OutboxMessage, redelivery: bool) -> bool {
         let mut extra = WriteBatch::new();
         if let Some(key) = key {
             extra.delete(Table::Outbox, key);
         }
         match message {
             OutboxMessage::Invoke(invoke) => self.deliver_invoke(invoke, extra, redelivery).await,
-            OutboxMessage::Complete { target, index, result } => {
-                let _ = self.complete(target, index, result, extra, Completer::Message).await;
-            }
+            OutboxMessage::Complete { target, index, result } => matches!(
+                self.complete(target, index, result, extra, Completer::Message).await,
+                Ok(()) | Err(CompleteError::NotFound) | Err(CompleteError::AlreadyCompleted)
+            ),
             OutboxMessage::Promise(promise) => self.deliver_promise(promise, extra).await,
         }
     }
 
-    async fn deliver_invoke(self: &Arc<Self>, invoke: InvokeMessage, extra: WriteBatch, redelivery: bool) {
+    /// Sends `message` to the node that owns its target until that node has applied it, then
+    /// deletes the outbox row. The receiver drops duplicates (same invocation id, a completed
+    /// entry), so a resend after a lost answer is harmless.
+    async fn deliver_remote(self: &Arc<Self>, key: Option<Vec<u8>>, message: OutboxMessage) -> bool {
+        let target = message.target_partition();
+        let source = key.as_deref().map(key_partition);
+        let mut delay = Duration::from_millis(20);
+        loop {
+            if source.is_some_and(|s| !self.cluster.owns(s)) {
+                return false; // our row moved with its partition; the new owner sends it
+            }
+            match self.cluster.placement(target) {
+                Placement::Local => return Box::pin(self.deliver_here(key, message, true)).await,
+                Placement::Moving => tokio::time::sleep(Duration::from_millis(10)).await,
+                Placement::Remote(peer) => match peer::client::deliver(&peer.peer_addr, &message).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::debug!(node = %peer.id, error = %e, "delivery.remote_retry");
+                        if e.misdirected() {
+                            // In the background: adopting may start invocations, which deliver.
+                            let (node, addr) = (self.clone(), peer.peer_addr.clone());
+                            actix_rt::spawn(async move { node.pull_membership(&addr).await });
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                },
+            }
+        }
+        if let Some(key) = key {
+            let mut batch = WriteBatch::new();
+            batch.delete(Table::Outbox, key);
+            // If this fails the row is sent again later and dropped as a duplicate.
+            let _ = self.commit_retrying(batch).await;
+        }
+        true
+    }
+
+    /// Completes `caller`'s entry here or at its owner, then commits `extra`.
+    async fn complete_caller(
+        self: &Arc<Self>,
+        caller: InvocationId,
+        index: u32,
+        result: CompletionResult,
+        extra: WriteBatch,
+    ) -> bool {
+        if self.cluster.owns(caller.partition()) {
+            return matches!(
+                self.complete(caller, index, result, extra, Completer::Message).await,
+                Ok(()) | Err(CompleteError::NotFound) | Err(CompleteError::AlreadyCompleted)
+            );
+        }
+        let message = OutboxMessage::Complete {
+            target: caller,
+            index,
+            result,
+        };
+        if !self.deliver_remote(None, message).await {
+            return false;
+        }
+        self.commit_retrying(extra).await.is_ok()
+    }
+
+    async fn deliver_invoke(self: &Arc<Self>, invoke: InvokeMessage, extra: WriteBatch, redelivery: bool) -> bool {
         let target = ObjectId::new(&invoke.service, &invoke.key);
         if invoke.kind.is_exclusive() && invoke.call_chain.contains(&target) {
             let chain: Vec<String> = invoke.call_chain.iter().map(|o| o.to_string()).collect();
@@ -118,17 +208,21 @@ impl Node {
                 chain.join(" → ")
             );
             tracing::warn!(%message, "delivery.call_cycle");
-            match invoke.caller {
+            return match invoke.caller {
                 Some((caller, index)) => {
                     let result = CompletionResult::failure(codes::CALL_CYCLE, message);
-                    let _ = self.complete(caller, index, result, extra, Completer::Message).await;
+                    self.complete_caller(caller, index, result, extra).await
                 }
-                None => {
-                    let _ = self.commit_retrying(extra).await;
-                }
-            }
-            return;
+                None => self.commit_retrying(extra).await.is_ok(),
+            };
         }
+        // A message sent again (after a crash or a lost answer) may be applied concurrently
+        // with its first copy: check and create under the id's lock.
+        let _dedup = if redelivery {
+            Some(self.stripe(&invoke.id).lock().await)
+        } else {
+            None
+        };
         if redelivery || invoke.kind == HandlerKind::Workflow {
             let store = self.store.clone();
             let id = invoke.id;
@@ -136,12 +230,15 @@ impl Node {
                 Ok(Ok(existing)) => existing,
                 other => {
                     tracing::error!(error = ?other.err(), "cannot check for a duplicate; retried on restart");
-                    return;
+                    return false;
                 }
             };
             if let Some(existing) = existing {
-                // A redelivery, or a second run of a workflow key: answer a caller, create nothing.
-                match (redelivery, invoke.caller) {
+                // A duplicate of this very message (same caller), or a second run of a
+                // workflow key: answer that caller, create nothing.
+                let duplicate =
+                    redelivery && (invoke.kind != HandlerKind::Workflow || existing.caller == invoke.caller);
+                match (duplicate, invoke.caller) {
                     (false, Some((caller, index))) => {
                         let result = match &existing.output {
                             Some(output) => CompletionResult::from(output),
@@ -150,16 +247,13 @@ impl Node {
                                 format!("workflow {target} is already running; attach to its result by key"),
                             ),
                         };
-                        let _ = self.complete(caller, index, result, extra, Completer::Message).await;
+                        return self.complete_caller(caller, index, result, extra).await;
                     }
-                    _ => {
-                        let _ = self.commit_retrying(extra).await;
-                    }
+                    _ => return self.commit_retrying(extra).await.is_ok(),
                 }
-                return;
             }
         }
-        self.create_retrying(invoke.into_invocation(), extra, "delivery").await;
+        self.create_retrying(invoke.into_invocation(), extra, "delivery").await
     }
 
     /// Completes entry `index` of `target` with `result` (once), then wakes the invocation.
@@ -224,7 +318,7 @@ impl Node {
         }
     }
 
-    async fn deliver_promise(self: &Arc<Self>, message: PromiseMessage, mut batch: WriteBatch) {
+    async fn deliver_promise(self: &Arc<Self>, message: PromiseMessage, mut batch: WriteBatch) -> bool {
         let staged = {
             let _guard = self.object_stripe(&message.object).lock().await;
             let store = self.store.clone();
@@ -233,11 +327,12 @@ impl Node {
                 Ok(Ok(r)) => r.unwrap_or_default(),
                 other => {
                     tracing::error!(error = ?other.err(), "cannot read promise; retried on restart");
-                    return;
+                    return false;
                 }
             };
             let mut record = record;
-            let partition = message.reply_to.0.partition();
+            // Replies leave from the promise's partition: the one this node serves.
+            let partition = crate::ids::partition_of(message.object.partition_key());
             let (target, index) = message.reply_to;
             let mut replies: Vec<(InvocationId, u32, CompletionResult)> = Vec::new();
             match message.op {
@@ -281,13 +376,14 @@ impl Node {
                 .collect();
             if let Err(e) = self.commit_retrying(batch).await {
                 tracing::error!(error = %e, "cannot commit promise operation; retried on restart");
-                return;
+                return false;
             }
             staged
         };
         for (key, message) in staged {
             Box::pin(self.deliver(Some(key), message, false)).await;
         }
+        true
     }
 
     /// Turns a scheduled invocation into a pending one (its timer fired).
@@ -308,7 +404,7 @@ impl Node {
                 record.status = InvocationStatus::Pending;
                 record.not_before_ms = None;
                 let invocation = Invocation { id, record, journal };
-                self.create_retrying(invocation, extra, "activation").await;
+                let _ = self.create_retrying(invocation, extra, "activation").await;
             }
             Ok(Ok(_)) => {
                 let _ = self.commit_retrying(extra).await;

@@ -11,6 +11,10 @@ use crate::storage::StorageError;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u32>,
+    /// The partition moved away mid-request: nothing was done, route it again.
+    pub moving: bool,
 }
 
 impl ApiError {
@@ -18,6 +22,24 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
+            moving: false,
+        }
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        }
+    }
+    /// The owner of `partition` is down; nothing was done.
+    pub fn owner_down(partition: u16, node_id: &str) -> Self {
+        Self {
+            retry_after: Some(5),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("partition {partition} is owned by node {node_id}, which is unreachable; retry later"),
+            )
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -38,12 +60,29 @@ impl ResponseError for ApiError {
         self.status
     }
     fn error_response(&self) -> HttpResponse {
-        error_body(self.status, self.status.as_u16(), &self.message)
+        let mut r = error_body(self.status, self.status.as_u16(), &self.message);
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(actix_web::http::header::RETRY_AFTER, secs.into());
+        }
+        if self.moving {
+            r.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static(crate::cluster::forward::MOVING_HEADER),
+                actix_web::http::header::HeaderValue::from_static("1"),
+            );
+        }
+        r
     }
 }
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
+        if let StorageError::NotOwner(_) = e {
+            return Self {
+                moving: true,
+                ..Self::unavailable(e.to_string())
+            };
+        }
         let status = match e {
             StorageError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             StorageError::Stopped => StatusCode::SERVICE_UNAVAILABLE,

@@ -1,6 +1,7 @@
 //! Kiln: durable execution of virtual objects. See ARCHITECTURE.md for the map.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod delivery;

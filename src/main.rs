@@ -18,6 +18,38 @@ struct Cli {
 enum Command {
     /// Run a node: ingress, admin API and storage.
     Serve(ServeArgs),
+    /// Inspect or change a cluster through a node's admin API.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Nodes, their state and partitions, and any running rebalance.
+    Status(AdminArg),
+    /// Add a running node (started without --cluster) and move partitions to it.
+    Join {
+        /// Id of the node to add
+        node_id: String,
+        /// Its --peer-addr
+        peer_addr: String,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+    /// Remove a node gracefully: its partitions move to the others first.
+    Leave {
+        /// Id of the node to remove
+        node_id: String,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+}
+
+#[derive(Args)]
+struct AdminArg {
+    /// Admin API of any node
+    #[arg(long, env = "KILN_ADMIN_URL", default_value = "http://127.0.0.1:9070")]
+    admin: String,
 }
 
 /// Every flag also reads a `KILN_*` environment variable; both override the config file.
@@ -68,6 +100,19 @@ struct ServeArgs {
     /// Log format: text or json [default: text]
     #[arg(long, env = "KILN_LOG_FORMAT")]
     log_format: Option<String>,
+    /// This node's id in a cluster [default: n1]
+    #[arg(long, env = "KILN_NODE_ID")]
+    node_id: Option<String>,
+    /// Node-to-node listen address [default: 127.0.0.1:7070]
+    #[arg(long, env = "KILN_PEER_ADDR")]
+    peer_addr: Option<SocketAddr>,
+    /// Initial cluster members, `n1=host:port,n2=host:port,…` (their --peer-addr), the same on
+    /// every initial node; only read on a data dir's first start
+    #[arg(long, env = "KILN_CLUSTER")]
+    cluster: Option<String>,
+    /// Join an existing cluster through this member's peer address (a new node)
+    #[arg(long, env = "KILN_JOIN")]
+    join: Option<String>,
 }
 
 impl ServeArgs {
@@ -96,8 +141,16 @@ impl ServeArgs {
             object_idle_ms,
             attempt_inactivity_timeout_ms,
             suspend_after_ms,
-            log_format
+            log_format,
+            node_id,
+            peer_addr
         );
+        if self.cluster.is_some() {
+            c.cluster = self.cluster;
+        }
+        if self.join.is_some() {
+            c.join = self.join;
+        }
         c.validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(c)
@@ -125,5 +178,83 @@ fn main() -> anyhow::Result<()> {
             init_tracing(&config.log_format);
             actix_rt::System::new().block_on(kiln::node::run(config))
         }
+        Command::Cluster(command) => actix_rt::System::new().block_on(cluster_command(command)),
+    }
+}
+
+/// Runs a `kiln cluster` command against the admin API and prints the answer.
+async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let (request, base) = match &command {
+        ClusterCommand::Status(a) => (client.get(format!("{}/cluster", a.admin)), &a.admin),
+        ClusterCommand::Join {
+            node_id,
+            peer_addr,
+            admin,
+        } => (
+            client
+                .post(format!("{}/cluster/nodes", admin.admin))
+                .header("content-type", "application/json")
+                .body(serde_json::json!({ "id": node_id, "peerAddr": peer_addr }).to_string()),
+            &admin.admin,
+        ),
+        ClusterCommand::Leave { node_id, admin } => (
+            client.delete(format!("{}/cluster/nodes/{node_id}", admin.admin)),
+            &admin.admin,
+        ),
+    };
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {base}"))?;
+    let status = response.status();
+    let bytes = response.bytes().await.context("reading the answer")?;
+    let body: serde_json::Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::json!({ "message": String::from_utf8_lossy(&bytes) }));
+    if !status.is_success() {
+        anyhow::bail!("{status}: {}", body["message"].as_str().unwrap_or(&body.to_string()));
+    }
+    match command {
+        ClusterCommand::Status(_) => print_status(&body),
+        _ => println!(
+            "accepted: epoch {}, {} partitions to move (watch with `kiln cluster status`)",
+            body["epoch"], body["moving"]
+        ),
+    }
+    Ok(())
+}
+
+fn print_status(body: &serde_json::Value) {
+    println!(
+        "epoch {}  ({} partitions, {} virtual nodes per node)",
+        body["epoch"], body["partitions"], body["virtualNodes"]
+    );
+    if let Some(r) = body["rebalance"].as_object() {
+        println!("rebalance: {} of {} partitions moved", r["moved"], r["total"]);
+    }
+    println!(
+        "{:<10} {:<8} {:>10} {:>8} {:>9}  addresses (peer / ingress / admin)",
+        "node", "status", "partitions", "objects", "inflight"
+    );
+    for n in body["nodes"].as_array().into_iter().flatten() {
+        let s = |k: &str| n[k].as_str().map_or("-".to_owned(), str::to_owned);
+        let v = |k: &str| {
+            if n[k].is_null() {
+                "-".to_owned()
+            } else {
+                n[k].to_string()
+            }
+        };
+        println!(
+            "{:<10} {:<8} {:>10} {:>8} {:>9}  {} / {} / {}",
+            s("id"),
+            s("status"),
+            v("partitions"),
+            v("activeObjects"),
+            v("inflight"),
+            s("peerAddr"),
+            s("ingressAddr"),
+            s("adminAddr")
+        );
     }
 }

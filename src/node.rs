@@ -10,16 +10,17 @@ use actix::Arbiter;
 use actix_web::{web, App, HttpServer};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::ids::{stable_hash, InvocationId, ObjectId};
+use crate::ids::{partition_of, stable_hash, InvocationId, ObjectId};
 use crate::invocation::{drive, Invocation, LiveTable, Waiters};
 use crate::invoker::AttemptSignal;
 use crate::journal::{Entry, Output};
 use crate::object::{ObjectMsg, ObjectRegistry, SubmitError};
 use crate::schema::SchemaRegistry;
 use crate::storage::{
-    keys, now_ms, HandlerKind, InvocationRecord, InvocationStatus, InvokeMessage, StorageError, Store, Table,
-    TimerRecord, WriteBatch,
+    key_partition, keys, now_ms, HandlerKind, InvocationRecord, InvocationStatus, InvokeMessage, OutboxMessage,
+    PartitionGate, PartitionState, StorageError, Store, Table, TimerRecord, WriteBatch,
 };
 use crate::timers::TimerService;
 
@@ -35,6 +36,9 @@ pub struct Node {
     pub waiters: Waiters,
     pub live: LiveTable,
     pub timers: TimerService,
+    pub cluster: Cluster,
+    /// One partition hand-off or import at a time.
+    pub(crate) handoff_lock: tokio::sync::Mutex<()>,
     /// Unfinished invocations held by this node (bounded by `max_inflight_invocations`).
     inflight: AtomicUsize,
     /// Serialises idempotency-key and workflow-key look-ups so duplicates start one invocation.
@@ -61,6 +65,17 @@ pub struct Request {
     pub input: Vec<u8>,
     pub idempotency_key: Option<String>,
     pub delay: Option<Duration>,
+    /// Partition key of a stateless invocation without idempotency key (the ingress picks
+    /// one this node serves); ignored otherwise.
+    pub partition_key: Option<u64>,
+}
+
+/// How waiting for an invocation's output ended.
+pub enum Waited {
+    Output(Output),
+    NotFound,
+    /// Its partition was handed to another node: wait there.
+    Moved,
 }
 
 /// The result of `submit`: the invocation and whether it already existed (idempotency).
@@ -145,7 +160,9 @@ impl Node {
         let object = ObjectId::new(&request.service, &request.key);
         let id = match (request.kind, &request.idempotency_key) {
             (HandlerKind::Workflow, _) => workflow_run_id(&object),
-            (HandlerKind::Stateless, None) => InvocationId::new(fastrand::u64(..)),
+            (HandlerKind::Stateless, None) => {
+                InvocationId::new(request.partition_key.unwrap_or_else(|| fastrand::u64(..)))
+            }
             (HandlerKind::Stateless, Some(k)) => InvocationId::new(stable_hash(&[
                 request.service.as_bytes(),
                 request.handler.as_bytes(),
@@ -278,41 +295,60 @@ impl Node {
         self.waiters.notify(id, output);
     }
 
-    /// Waits for the output of `id`. `None` if no such invocation exists.
-    pub async fn output(&self, id: InvocationId) -> Result<Option<Output>, StorageError> {
+    /// Waits for the output of `id`, which this node serves.
+    pub async fn output(&self, id: InvocationId) -> Result<Waited, StorageError> {
         let rx = self.waiters.subscribe(id);
+        if !self.cluster.owns(id.partition()) {
+            // Checked after subscribing: a hand-off that starts later drops the subscription.
+            drop(rx);
+            self.waiters.prune(id);
+            return Ok(Waited::Moved);
+        }
         let store = self.store.clone();
         let record = tokio::task::spawn_blocking(move || store.invocation(&id))
             .await
             .map_err(|e| StorageError::Io(e.to_string()))??;
+        let done = |w: Waited| {
+            self.waiters.prune(id);
+            Ok(w)
+        };
         match record {
             None => {
                 drop(rx);
-                self.waiters.prune(id);
-                Ok(None)
+                done(Waited::NotFound)
             }
             Some(r) if r.output.is_some() => {
                 drop(rx);
-                self.waiters.prune(id);
-                Ok(r.output)
+                done(Waited::Output(r.output.expect("checked")))
             }
-            Some(_) => Ok(rx.await.ok()),
+            // A dropped subscription means the partition moved away.
+            Some(_) => Ok(rx.await.map_or(Waited::Moved, Waited::Output)),
         }
     }
 
-    /// Recovery, in an order that keeps per-sender message order: first every undelivered
+    /// Recovery of the partitions `owned` selects (all this node serves at start; those it
+    /// gains later), in an order that keeps per-sender message order: first every undelivered
     /// outbox message, then timers, then unfinished invocations.
-    async fn recover(self: &Arc<Self>) -> Result<(), StorageError> {
+    pub(crate) async fn recover_partitions(
+        self: &Arc<Self>,
+        owned: &(dyn Fn(u16) -> bool + Send + Sync),
+    ) -> Result<(), StorageError> {
+        let store = self.store.clone();
         // Read what is unfinished before redelivery creates more (those start on their own).
-        let unfinished = self.store.unfinished_invocations()?;
-        let objects_with_inbox = self.store.objects_with_inbox()?;
-        let outbox = self.store.outbox()?;
+        let mut unfinished = store.unfinished_invocations()?;
+        unfinished.retain(|(id, _)| owned(id.partition()));
+        let mut objects_with_inbox = store.objects_with_inbox()?;
+        objects_with_inbox.retain(|o| owned(partition_of(o.partition_key())));
+        let mut outbox = store.outbox()?;
+        outbox.retain(|(k, _)| owned(key_partition(k)));
         let last_seq = outbox
             .iter()
             .filter_map(|(k, _)| k.get(2..10))
             .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes")))
             .max();
-        self.outbox_seq.store(last_seq.map_or(0, |s| s + 1), Ordering::Relaxed);
+        if let Some(last) = last_seq {
+            self.outbox_seq.fetch_max(last + 1, Ordering::Relaxed);
+        }
         // Count unfinished work first: redelivery starts actors that may finish some of it.
         let counted = unfinished
             .iter()
@@ -321,7 +357,14 @@ impl Node {
         self.inflight.fetch_add(counted, Ordering::AcqRel);
         let redelivered = outbox.len();
         tracing::info!(unfinished = unfinished.len(), outbox = redelivered, "node.recovering");
+        // Messages to other nodes go in the background, in order per sending partition, so a
+        // node that is down does not hold up this one.
+        let mut remote: std::collections::BTreeMap<u16, Vec<(Vec<u8>, OutboxMessage)>> = Default::default();
         for (key, message) in outbox {
+            if !self.cluster.owns(message.target_partition()) {
+                remote.entry(key_partition(&key)).or_default().push((key, message));
+                continue;
+            }
             tracing::debug!(?message, "node.redeliver");
             let started = std::time::Instant::now();
             self.deliver(Some(key), message, true).await;
@@ -329,7 +372,15 @@ impl Node {
                 tracing::warn!(elapsed_ms = started.elapsed().as_millis() as u64, "node.redeliver_slow");
             }
         }
-        self.timers.load(&self.store)?;
+        for (_, messages) in remote {
+            let node = self.clone();
+            actix_rt::spawn(async move {
+                for (key, message) in messages {
+                    node.deliver(Some(key), message, true).await;
+                }
+            });
+        }
+        self.timers.load(&self.store, owned)?;
         let mut resumed = 0usize;
         for object in objects_with_inbox {
             // Activation rebuilds the inbox queue and resumes its head.
@@ -368,6 +419,46 @@ impl Node {
         Ok(())
     }
 
+    /// Forgets everything held in memory for `partitions`, which this node stopped serving
+    /// (their rows are durable and now served elsewhere): actors, timers, suspensions,
+    /// waiters (who then wait at the new owner) and in-flight counts.
+    pub(crate) async fn release_partitions(self: &Arc<Self>, partitions: &[u16]) {
+        let set: HashSet<u16> = partitions.iter().copied().collect();
+        let gone = |id: &InvocationId| set.contains(&id.partition());
+        self.objects.evict(|o| set.contains(&partition_of(o.partition_key())));
+        self.timers.forget(|p| set.contains(&p));
+        self.suspended.lock().expect("suspended lock").retain(|id, _| !gone(id));
+        self.killed.lock().expect("killed lock").retain(|id| !gone(id));
+        self.cancel_requests.lock().expect("cancel lock").retain(|id| !gone(id));
+        self.live.retain(|id| !gone(id));
+        self.waiters.release(&gone);
+        let store = self.store.clone();
+        let parts = partitions.to_vec();
+        let unfinished = tokio::task::spawn_blocking(move || -> Result<usize, StorageError> {
+            let mut n = 0;
+            for p in parts {
+                for (_, v) in store.partition_rows(Table::Invocations, p)? {
+                    let record: InvocationRecord = rmp_serde::from_slice(&v).map_err(|e| StorageError::Corrupt {
+                        table: "invocations",
+                        message: e.to_string(),
+                    })?;
+                    n += usize::from(!record.status.is_finished() && record.status != InvocationStatus::Scheduled);
+                }
+            }
+            Ok(n)
+        })
+        .await;
+        match unfinished {
+            Ok(Ok(n)) => {
+                let _ = self
+                    .inflight
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some(c.saturating_sub(n)));
+            }
+            other => tracing::error!(error = ?other, "cannot count released invocations"),
+        }
+        tracing::info!(partitions = partitions.len(), "node.partitions_released");
+    }
+
     /// Deletes finished invocations past their retention, in small batches.
     async fn sweep(self: Arc<Self>) {
         loop {
@@ -376,6 +467,9 @@ impl Node {
             let expired = tokio::task::spawn_blocking(move || -> Result<WriteBatch, StorageError> {
                 let mut batch = WriteBatch::new();
                 for (id, record) in store.expired_invocations(now_ms(), 10_000)? {
+                    if !store.gate.owns(id.partition()) {
+                        continue; // a copy left by a hand-off; its clean-up deletes it
+                    }
                     let inv = Invocation {
                         id,
                         record,
@@ -405,8 +499,9 @@ impl Node {
 
 /// Opens storage, recovers, and serves until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    tracing::info!(data_dir = %config.data_dir.display(), "node.opening");
-    let store = Store::open(&config.data_dir)?;
+    tracing::info!(data_dir = %config.data_dir.display(), node_id = %config.node_id, "node.opening");
+    let store = Store::open_gated(&config.data_dir, Arc::new(PartitionGate::new(PartitionState::Remote)))?;
+    let cluster = Cluster::open(&store, &config)?;
     let schema = SchemaRegistry::new(store.deployments()?);
     let actor_threads = Config::threads(config.actor_threads);
     let arbiters: Vec<_> = (0..actor_threads).map(|_| Arbiter::new().handle()).collect();
@@ -418,6 +513,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         waiters: Waiters::default(),
         live: LiveTable::default(),
         timers: TimerService::default(),
+        cluster,
+        handoff_lock: tokio::sync::Mutex::new(()),
         inflight: AtomicUsize::new(0),
         idempotency_gate: tokio::sync::Mutex::new(()),
         stripes: (0..STRIPES_COUNT).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -427,8 +524,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cancel_requests: Mutex::new(HashSet::new()),
         outbox_seq: AtomicU64::new(0),
     });
-    node.recover().await?;
+    let gate = node.store.gate.clone();
+    node.recover_partitions(&move |p| gate.owns(p)).await?;
     actix_rt::spawn(node.clone().sweep());
+    actix_rt::spawn(node.clone().gossip());
+    if let Some(seed) = config.join.clone().filter(|_| !node.cluster.is_member()) {
+        actix_rt::spawn(node.clone().join_cluster(seed));
+    }
+    let peer = match crate::cluster::peer::serve(&node) {
+        Ok(server) => futures_util::future::Either::Left(server),
+        // A standalone node still serves without its node-to-node endpoint; a cluster member
+        // cannot.
+        Err(e) if node.cluster.is_member() && !node.cluster.is_clustered() && config.join.is_none() => {
+            tracing::warn!(error = %e, "node.standalone_without_peer_endpoint; pass a free --peer-addr to cluster it later");
+            futures_util::future::Either::Right(futures_util::future::pending())
+        }
+        Err(e) => return Err(e),
+    };
     actix_rt::spawn(ObjectRegistry::supervise(node.clone(), Duration::from_secs(1)));
     actix_rt::spawn(TimerService::run(node.clone()));
 
@@ -451,12 +563,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot bind admin on {}: {e}", config.admin_addr))?
         .run();
     tracing::info!(
+        node_id = %config.node_id,
         ingress = %config.ingress_addr,
         admin = %config.admin_addr,
+        peer = %config.peer_addr,
+        epoch = node.cluster.epoch(),
+        partitions = node.store.gate.owned_count(),
         data_dir = %config.data_dir.display(),
         "node.ready"
     );
-    futures_util::future::try_join(ingress, admin).await?;
+    futures_util::future::try_join3(ingress, admin, peer).await?;
     tracing::info!("node.stopped");
     Ok(())
 }

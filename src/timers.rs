@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::delivery::Completer;
 use crate::journal::CompletionResult;
 use crate::node::Node;
-use crate::storage::{now_ms, StorageError, Store, Table, TimerRecord, WriteBatch};
+use crate::storage::{key_partition, now_ms, StorageError, Store, Table, TimerRecord, WriteBatch};
 
 /// How far ahead timers are loaded into memory.
 const WINDOW_MS: u64 = 30_000;
@@ -39,16 +39,26 @@ impl TimerService {
         }
     }
 
-    /// Loads every timer due within the window (re-loading one already held is harmless).
-    pub fn load(&self, store: &Store) -> Result<(), StorageError> {
+    /// Loads every timer of the partitions `owned` selects that is due within the window
+    /// (re-loading one already held is harmless).
+    pub fn load(&self, store: &Store, owned: &dyn Fn(u16) -> bool) -> Result<(), StorageError> {
         let until = now_ms() + WINDOW_MS;
-        let rows = store.timers_due_before(until)?;
+        let rows = store.timers_due_before(until, owned)?;
         let mut near = self.near.lock().expect("timers lock");
         for (key, due, timer) in rows {
             near.timers.insert((due, key), timer);
         }
         near.loaded_until_ms = near.loaded_until_ms.max(until);
         Ok(())
+    }
+
+    /// Drops the timers of partitions this node no longer serves.
+    pub fn forget(&self, gone: impl Fn(u16) -> bool) {
+        self.near
+            .lock()
+            .expect("timers lock")
+            .timers
+            .retain(|(_, key), _| !gone(key_partition(key)));
     }
 
     pub fn pending_in_memory(&self) -> usize {
@@ -74,7 +84,8 @@ impl TimerService {
                 let store = node.store.clone();
                 let node2 = node.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    if let Err(e) = node2.timers.load(&store) {
+                    let gate = store.gate.clone();
+                    if let Err(e) = node2.timers.load(&store, &move |p| gate.owns(p)) {
                         tracing::error!(error = %e, "timers.load failed");
                     }
                 })

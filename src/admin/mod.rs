@@ -7,6 +7,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+mod cluster;
+mod ui;
+
+use crate::cluster::forward::{self, Listener};
 use crate::control::ControlError;
 use crate::http_error::ApiError;
 use crate::ids::{stable_hash, InvocationId};
@@ -29,6 +33,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     .route("/invocations/{id}/cancel", web::patch().to(cancel_invocation))
     .route("/invocations/{id}/kill", web::patch().to(kill_invocation))
     .route("/metrics", web::get().to(metrics))
+    .configure(cluster::config)
+    .configure(ui::config)
     .default_service(web::to(|req: HttpRequest| async move {
         actix_web::ResponseError::error_response(&ApiError::not_found(format!(
             "no route for {} {}",
@@ -96,6 +102,7 @@ async fn register_deployment(
     batch.put(Table::Deployments, keys::deployment(&id), encode(&record));
     node.store.writer.commit(batch).await?;
     node.schema.upsert(record.clone());
+    cluster::replicate_deployment(&node, &record).await;
     tracing::info!(deployment = %id, uri = %record.uri, services = record.services.len(), "admin.deployment_registered");
     let status = if existing.is_some() {
         StatusCode::OK
@@ -197,8 +204,21 @@ fn invocation_json(node: &Node, id: InvocationId, record: &InvocationRecord, jou
     })
 }
 
-async fn get_invocation(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+/// Answers from the node that owns `partition` (`Some`), or `None` to answer here.
+async fn at_owner(node: &std::sync::Arc<Node>, req: &HttpRequest, partition: u16) -> Option<HttpResponse> {
+    forward::route(node, req, &bytes::Bytes::new(), partition, Listener::Admin).await
+}
+
+async fn get_invocation(
+    req: HttpRequest,
+    path: web::Path<String>,
+    node: web::Data<Node>,
+) -> Result<HttpResponse, ApiError> {
     let id: InvocationId = path.parse()?;
+    let node = node.into_inner();
+    if let Some(answer) = at_owner(&node, &req, id.partition()).await {
+        return Ok(answer);
+    }
     let store = node.store.clone();
     let found = web::block(move || -> Result<_, crate::storage::StorageError> {
         Ok(match store.invocation(&id)? {
@@ -249,7 +269,8 @@ async fn list_invocations(query: web::Query<ListQuery>, node: web::Data<Node>) -
     let live_node = node.clone();
     let page = web::block(move || {
         store.list_invocations(after.as_ref(), limit, |id, r| {
-            q.service.as_deref().is_none_or(|s| s == r.service)
+            live_node.cluster.owns(id.partition())
+                && q.service.as_deref().is_none_or(|s| s == r.service)
                 && q.key.as_deref().is_none_or(|k| k == r.key)
                 && q.handler.as_deref().is_none_or(|h| h == r.handler)
                 && status.is_none_or(|s| s == effective_status(&live_node, id, r))
@@ -290,15 +311,31 @@ fn control_error(e: ControlError) -> ApiError {
 
 /// `PATCH /invocations/{id}/cancel`: the handler sees `TerminalException(409)` at its next
 /// await and may compensate; the calls it waits on are cancelled too.
-async fn cancel_invocation(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+async fn cancel_invocation(
+    req: HttpRequest,
+    path: web::Path<String>,
+    node: web::Data<Node>,
+) -> Result<HttpResponse, ApiError> {
     let id: InvocationId = path.parse()?;
-    node.into_inner().cancel(id).await.map_err(control_error)?;
+    let node = node.into_inner();
+    if let Some(answer) = at_owner(&node, &req, id.partition()).await {
+        return Ok(answer);
+    }
+    node.cancel(id).await.map_err(control_error)?;
     Ok(HttpResponse::Accepted().json(json!({ "id": id.to_string(), "status": "cancel requested" })))
 }
 
 /// `PATCH /invocations/{id}/kill`: stops at once, without compensation; status `killed`.
-async fn kill_invocation(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+async fn kill_invocation(
+    req: HttpRequest,
+    path: web::Path<String>,
+    node: web::Data<Node>,
+) -> Result<HttpResponse, ApiError> {
     let id: InvocationId = path.parse()?;
-    node.into_inner().kill(id).await.map_err(control_error)?;
+    let node = node.into_inner();
+    if let Some(answer) = at_owner(&node, &req, id.partition()).await {
+        return Ok(answer);
+    }
+    node.kill(id).await.map_err(control_error)?;
     Ok(HttpResponse::Accepted().json(json!({ "id": id.to_string(), "status": "kill requested" })))
 }

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::body::read_limited;
 use super::wait_for;
+use crate::cluster::forward::{self, Listener};
 use crate::delivery::{CompleteError, Completer};
 use crate::http_error::ApiError;
 use crate::ids::{parse_awakeable_id, ObjectId};
@@ -37,6 +38,11 @@ async fn complete_awakeable(
     let (raw_id, action) = path.into_inner();
     let (target, index) = parse_awakeable_id(&raw_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let body = read_limited(&req, payload, node.config.max_body_bytes).await?;
+    let node = node.into_inner();
+    let forwarded = bytes::Bytes::from(body.clone());
+    if let Some(answer) = forward::route(&node, &req, &forwarded, target.partition(), Listener::Ingress).await {
+        return Ok(answer);
+    }
     let result = match action.as_str() {
         "resolve" => CompletionResult {
             value: Some(body),
@@ -59,7 +65,6 @@ async fn complete_awakeable(
             )))
         }
     };
-    let node = node.into_inner();
     match node
         .complete(target, index, result, WriteBatch::new(), Completer::Awakeable)
         .await
@@ -76,9 +81,11 @@ async fn complete_awakeable(
 
 /// `GET …/workflows/{service}/{key}/attach|output`.
 async fn workflow_result(
+    req: HttpRequest,
     path: web::Path<(String, String, String)>,
     node: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
+    let node = node.into_inner();
     let (service, key, what) = path.into_inner();
     let is_workflow = node
         .schema
@@ -92,7 +99,13 @@ async fn workflow_result(
     let id = workflow_run_id(&ObjectId::new(service, key));
     match what.as_str() {
         "attach" => wait_for(&node, id).await,
-        "output" => super::output_of(&node, id).await,
+        "output" => {
+            let none = bytes::Bytes::new();
+            match forward::route(&node, &req, &none, id.partition(), Listener::Ingress).await {
+                Some(answer) => Ok(answer),
+                None => super::output_of(&node, id).await,
+            }
+        }
         other => Err(ApiError::not_found(format!(
             "unknown workflow action {other:?}: use attach or output"
         ))),

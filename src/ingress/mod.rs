@@ -13,11 +13,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use percent_encoding::percent_decode_str;
 use serde_json::json;
 
+use crate::cluster::forward::{self, Listener};
 use crate::http_error::{error_body, ApiError};
-use crate::ids::InvocationId;
+use crate::ids::{partition_of, stable_hash, InvocationId, ObjectId};
 use crate::journal::Output;
 use crate::node::{Node, Request};
-use crate::storage::ServiceKind;
+use crate::storage::{HandlerKind, ServiceKind};
 
 pub const INVOCATION_ID_HEADER: &str = "x-kiln-invocation-id";
 const IDEMPOTENCY_KEY_MAX_BYTES: usize = 256;
@@ -135,6 +136,27 @@ fn parse_target(node: &Node, path: &str) -> Result<(Target, crate::schema::Servi
     Ok((target, service.clone()))
 }
 
+/// The partition key an ingress call is placed by.
+fn routing_key(node: &Node, target: &Target, kind: HandlerKind, idempotency_key: Option<&str>) -> u64 {
+    match (kind, idempotency_key) {
+        (HandlerKind::Stateless, Some(k)) => {
+            stable_hash(&[target.service.as_bytes(), target.handler.as_bytes(), k.as_bytes()])
+        }
+        (HandlerKind::Stateless, None) => {
+            // Any partition will do: prefer one served here (no hop).
+            let mut pk = fastrand::u64(..);
+            for _ in 0..64 {
+                if node.cluster.owns(partition_of(pk)) {
+                    break;
+                }
+                pk = fastrand::u64(..);
+            }
+            pk
+        }
+        _ => ObjectId::new(&target.service, &target.key).partition_key(),
+    }
+}
+
 async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let node: Arc<Node> = node.into_inner();
     let (target, service) = parse_target(&node, req.path())?;
@@ -153,20 +175,31 @@ async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) 
             Some(k.to_owned())
         }
     };
-    let input = body::read_limited(&req, payload, node.config.max_body_bytes).await?;
+    let input = bytes::Bytes::from(body::read_limited(&req, payload, node.config.max_body_bytes).await?);
     let kind = service.handlers[&target.handler].kind;
-    let submitted = node
-        .submit(Request {
-            service: target.service,
-            handler: target.handler,
-            key: target.key,
+    let partition_key = routing_key(&node, &target, kind, idempotency_key.as_deref());
+    let submitted = loop {
+        if let Some(answer) = forward::route(&node, &req, &input, partition_of(partition_key), Listener::Ingress).await
+        {
+            return Ok(answer);
+        }
+        let request = Request {
+            service: target.service.clone(),
+            handler: target.handler.clone(),
+            key: target.key.clone(),
             kind,
-            deployment_id: service.deployment_id,
-            input,
-            idempotency_key,
+            deployment_id: service.deployment_id.clone(),
+            input: input.to_vec(),
+            idempotency_key: idempotency_key.clone(),
             delay,
-        })
-        .await?;
+            partition_key: Some(partition_key),
+        };
+        match node.submit(request).await {
+            // The partition started moving after we looked: nothing was written; route again.
+            Err(crate::object::SubmitError::Storage(crate::storage::StorageError::NotOwner(_))) => continue,
+            other => break other?,
+        }
+    };
     if target.send {
         let status = if submitted.existing {
             "PreviouslyAccepted"
@@ -178,8 +211,8 @@ async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) 
     wait_for(&node, submitted.id).await
 }
 
-async fn wait_for(node: &Node, id: InvocationId) -> Result<HttpResponse, ApiError> {
-    match node.output(id).await? {
+async fn wait_for(node: &Arc<Node>, id: InvocationId) -> Result<HttpResponse, ApiError> {
+    match forward::wait_output(node, id).await? {
         Some(output) => Ok(output_response(id, &output)),
         None => Err(ApiError::not_found(format!("invocation {id} not found"))),
     }
@@ -217,11 +250,15 @@ fn parse_id(raw: &str) -> Result<InvocationId, ApiError> {
 
 async fn attach(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    wait_for(&node, id).await
+    wait_for(&node.into_inner(), id).await
 }
 
-async fn output(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+async fn output(req: HttpRequest, path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
+    let node = node.into_inner();
+    if let Some(answer) = forward::route(&node, &req, &bytes::Bytes::new(), id.partition(), Listener::Ingress).await {
+        return Ok(answer);
+    }
     output_of(&node, id).await
 }
 

@@ -27,6 +27,11 @@ impl LiveTable {
         self.0.lock().expect("live lock").remove(id);
     }
 
+    /// Keeps only the invocations `keep` selects.
+    pub fn retain(&self, keep: impl Fn(&InvocationId) -> bool) {
+        self.0.lock().expect("live lock").retain(|id, _| keep(id));
+    }
+
     pub fn get(&self, id: &InvocationId) -> Option<LiveStatus> {
         self.0.lock().expect("live lock").get(id).cloned()
     }

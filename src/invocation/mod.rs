@@ -35,6 +35,8 @@ pub enum DriveEnd {
     Finished,
     /// Waiting for a completion; a later `Node::resume` starts it again.
     Suspended,
+    /// Its partition moved to another node, which goes on with it.
+    Moved,
 }
 
 impl Invocation {
@@ -137,6 +139,11 @@ pub(crate) fn finish_writes(
 pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<StateCache>>) -> DriveEnd {
     let id = inv.id;
     loop {
+        if !node.cluster.owns(id.partition()) {
+            node.attempts.lock().expect("attempts lock").remove(&id);
+            tracing::debug!(invocation_id = %id, "invocation.moved");
+            return DriveEnd::Moved;
+        }
         let Some(endpoint) = node.schema.endpoint_of(&inv.record.deployment_id) else {
             let failure = Failure {
                 code: codes::PROTOCOL_VIOLATION,

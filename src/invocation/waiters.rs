@@ -31,6 +31,12 @@ impl Waiters {
         }
     }
 
+    /// Drops the subscriptions of invocations `gone` selects (their partition moved away):
+    /// their callers see the channel close and wait at the new owner instead.
+    pub fn release(&self, gone: &dyn Fn(&InvocationId) -> bool) {
+        self.0.lock().expect("waiters lock").retain(|id, _| !gone(id));
+    }
+
     pub fn notify(&self, id: InvocationId, output: &Output) {
         let list = self.0.lock().expect("waiters lock").remove(&id);
         for tx in list.into_iter().flatten() {

@@ -230,7 +230,9 @@ impl Attempt<'_> {
                     for action in after {
                         match action {
                             // Delivered in order, before the next batch's messages: per-sender order.
-                            AfterCommit::Deliver(key, message) => self.node.deliver(Some(key), message, false).await,
+                            AfterCommit::Deliver(key, message) => {
+                                    self.node.deliver(Some(key), message, false).await;
+                                }
                             AfterCommit::ArmTimer(key, due, timer) => self.node.timers.register(key, due, timer),
                             // Journaled with its result already: only the SDK needs telling.
                             AfterCommit::Completed(index, result) => {

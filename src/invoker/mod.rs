@@ -123,7 +123,7 @@ pub fn http_client() -> reqwest::Client {
     CLIENT.with(|c| c.clone())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {

@@ -40,6 +40,9 @@ pub enum ObjectMsg {
     Resume(InvocationId),
     /// The invocation was ended elsewhere (killed while queued or suspended): drop it.
     Forget(InvocationId),
+    /// The object's partition moved to another node: stop now, dropping running attempts
+    /// (they can no longer commit; the new owner replays them).
+    Evict,
 }
 
 impl Message for ObjectMsg {
@@ -132,6 +135,9 @@ impl ObjectActor {
             drive(node, invocation, Some(state)).await
         };
         ctx.spawn(fut.into_actor(self).map(|end, act, ctx| {
+            if end == DriveEnd::Moved {
+                return; // the partition moved away; this actor is being evicted
+            }
             act.running_exclusive = false;
             if end == DriveEnd::Suspended {
                 act.head_suspended = true;
@@ -293,6 +299,10 @@ impl Handler<ObjectMsg> for ObjectActor {
             ObjectMsg::ResumeShared(invocation) => self.run_shared(invocation, ctx),
             ObjectMsg::Resume(id) => self.resume(id, ctx),
             ObjectMsg::Forget(id) => self.forget(id, ctx),
+            ObjectMsg::Evict => {
+                self.queue.clear();
+                ctx.stop();
+            }
         }
     }
 }

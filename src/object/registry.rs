@@ -98,6 +98,23 @@ impl ObjectRegistry {
         }
     }
 
+    /// Stops the actors of objects `gone` selects (their partition moved away); their running
+    /// invocations are dropped mid-attempt and resume, by replay, at the new owner.
+    pub fn evict(&self, gone: impl Fn(&ObjectId) -> bool) {
+        let mut actors = self.actors.lock().expect("registry lock");
+        actors.retain(|object, slot| {
+            if !gone(object) {
+                return true;
+            }
+            slot.addr.do_send(ObjectMsg::Evict);
+            false
+        });
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.actors.lock().expect("registry lock").len()
+    }
+
     /// Active objects, for the admin API.
     pub fn active(&self) -> Vec<ObjectId> {
         let mut v: Vec<ObjectId> = self.actors.lock().expect("registry lock").keys().cloned().collect();

@@ -5,12 +5,14 @@
 //! Call the blocking reads from a blocking context (`web::block`, `spawn_blocking`) or
 //! only where a short wait is acceptable (start-up, actor activation).
 
+mod gate;
 pub mod keys;
 pub mod records;
 mod writer;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -19,6 +21,7 @@ use serde::Serialize;
 
 use crate::ids::{InvocationId, ObjectId};
 use crate::journal::Entry;
+pub use gate::{key_partition, PartitionGate, PartitionState};
 pub use records::*;
 pub use writer::{Table, WriteBatch, Writer, WriterStats};
 
@@ -32,6 +35,8 @@ pub enum StorageError {
     Overloaded,
     #[error("storage writer has stopped")]
     Stopped,
+    #[error("partition {0} is not served by this node (it moved or is moving)")]
+    NotOwner(u16),
 }
 
 impl From<fjall::Error> for StorageError {
@@ -65,6 +70,7 @@ pub(crate) struct Tables {
     outbox: Keyspace,
     timers: Keyspace,
     promises: Keyspace,
+    cluster: Keyspace,
 }
 
 impl Tables {
@@ -79,6 +85,7 @@ impl Tables {
             Table::Outbox => &self.outbox,
             Table::Timers => &self.timers,
             Table::Promises => &self.promises,
+            Table::Cluster => &self.cluster,
         }
     }
 }
@@ -88,10 +95,18 @@ impl Tables {
 pub struct Store {
     tables: Tables,
     pub writer: Writer,
+    /// Which partitions the writer accepts writes for.
+    pub gate: Arc<PartitionGate>,
 }
 
 impl Store {
+    /// Opens a store that owns every partition (a single node).
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_gated(dir, Arc::new(PartitionGate::new(PartitionState::Owned)))
+    }
+
+    /// Opens a store whose writer admits partitioned writes only where `gate` allows.
+    pub fn open_gated(dir: &Path, gate: Arc<PartitionGate>) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::Io(format!("{}: {e}", dir.display())))?;
         let db = Database::builder(dir).open()?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
@@ -105,10 +120,11 @@ impl Store {
             outbox: ks("outbox")?,
             timers: ks("timers")?,
             promises: ks("promises")?,
+            cluster: ks("cluster")?,
             db,
         };
-        let writer = Writer::start(tables.clone());
-        Ok(Self { tables, writer })
+        let writer = Writer::start(tables.clone(), gate.clone());
+        Ok(Self { tables, writer, gate })
     }
 
     pub fn invocation(&self, id: &InvocationId) -> Result<Option<InvocationRecord>, StorageError> {
@@ -244,10 +260,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Timers due before `until_ms`, across all partitions: (key, due, timer).
-    pub fn timers_due_before(&self, until_ms: u64) -> Result<Vec<(Vec<u8>, u64, TimerRecord)>, StorageError> {
+    /// Timers due before `until_ms` in the partitions `owned` selects: (key, due, timer).
+    pub fn timers_due_before(
+        &self,
+        until_ms: u64,
+        owned: &dyn Fn(u16) -> bool,
+    ) -> Result<Vec<(Vec<u8>, u64, TimerRecord)>, StorageError> {
         let mut out = Vec::new();
-        for partition in 0..crate::ids::PARTITIONS_COUNT as u16 {
+        for partition in (0..crate::ids::PARTITIONS_COUNT as u16).filter(|p| owned(*p)) {
             let start = partition.to_be_bytes().to_vec();
             let mut end = start.clone();
             end.extend_from_slice(&until_ms.to_be_bytes());
@@ -295,6 +315,21 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Every row of `partition` in a partitioned `table` (for a partition move).
+    pub fn partition_rows(&self, table: Table, partition: u16) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.tables.get(table).prefix(partition.to_be_bytes()) {
+            let (key, value) = item.into_inner()?;
+            out.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// A metadata value of the `cluster` table.
+    pub fn cluster_value(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.tables.cluster.get(key.as_bytes())?.map(|v| v.to_vec()))
     }
 
     pub fn journal_keys(&self, id: &InvocationId) -> Result<Vec<Vec<u8>>, StorageError> {

@@ -136,6 +136,17 @@ pub enum OutboxMessage {
     Promise(PromiseMessage),
 }
 
+impl OutboxMessage {
+    /// The partition whose owner applies this message.
+    pub fn target_partition(&self) -> u16 {
+        match self {
+            OutboxMessage::Invoke(m) => m.id.partition(),
+            OutboxMessage::Complete { target, .. } => target.partition(),
+            OutboxMessage::Promise(m) => crate::ids::partition_of(m.object.partition_key()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InvokeMessage {
     pub id: InvocationId,

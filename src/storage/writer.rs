@@ -9,6 +9,7 @@ use std::sync::Arc;
 use fjall::PersistMode;
 use tokio::sync::oneshot;
 
+use super::gate::{key_partition, PartitionGate};
 use super::{StorageError, Tables};
 
 /// Tables a batch can write. The order of variants is not stored anywhere.
@@ -23,6 +24,27 @@ pub enum Table {
     Outbox,
     Timers,
     Promises,
+    /// Cluster metadata (membership); not partitioned.
+    Cluster,
+}
+
+impl Table {
+    /// Every partitioned table, in the order a partition's rows are moved.
+    pub const PARTITIONED: [Table; 8] = [
+        Table::Invocations,
+        Table::Journal,
+        Table::State,
+        Table::Inbox,
+        Table::Idempotency,
+        Table::Outbox,
+        Table::Timers,
+        Table::Promises,
+    ];
+
+    /// Keys start with the partition id (all tables but metadata).
+    pub fn is_partitioned(self) -> bool {
+        !matches!(self, Table::Deployments | Table::Cluster)
+    }
 }
 
 #[derive(Clone)]
@@ -35,6 +57,8 @@ enum Op {
 #[derive(Default, Clone)]
 pub struct WriteBatch {
     ops: Vec<Op>,
+    /// Partition moves write partitions this node does not serve; nothing else may.
+    bypass_gate: bool,
 }
 
 impl WriteBatch {
@@ -48,6 +72,14 @@ impl WriteBatch {
 
     pub fn delete(&mut self, table: Table, key: Vec<u8>) {
         self.ops.push(Op::Delete(table, key));
+    }
+
+    /// A batch of a partition move (import or clean-up): passes the partition gate.
+    pub fn for_partition_move() -> Self {
+        Self {
+            ops: Vec::new(),
+            bypass_gate: true,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -85,13 +117,13 @@ const QUEUE_CAPACITY: usize = 65_536;
 const GROUP_MAX: usize = 4096;
 
 impl Writer {
-    pub(super) fn start(tables: Tables) -> Self {
+    pub(super) fn start(tables: Tables, gate: Arc<PartitionGate>) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name("kiln-storage-writer".into())
-            .spawn(move || run(tables, rx, thread_stats))
+            .spawn(move || run(tables, rx, thread_stats, gate))
             .expect("spawn storage writer thread");
         Self { tx, stats }
     }
@@ -113,15 +145,40 @@ impl Writer {
     }
 }
 
-fn run(tables: Tables, rx: Receiver<Request>, stats: Arc<WriterStats>) {
+/// The first partition `batch` writes that the gate closes, if any.
+fn refused_partition(batch: &WriteBatch, gate: &PartitionGate) -> Option<u16> {
+    if batch.bypass_gate {
+        return None;
+    }
+    batch.ops.iter().find_map(|op| {
+        let (table, key) = match op {
+            Op::Put(t, k, _) | Op::Delete(t, k) => (*t, k),
+        };
+        let partition = key_partition(key);
+        (table.is_partitioned() && !gate.owns(partition)).then_some(partition)
+    })
+}
+
+fn run(tables: Tables, rx: Receiver<Request>, stats: Arc<WriterStats>, gate: Arc<PartitionGate>) {
     let mut group: Vec<Request> = Vec::with_capacity(GROUP_MAX);
+    let admit = |request: Request, group: &mut Vec<Request>| match refused_partition(&request.batch, &gate) {
+        // Checked here, in commit order: once a partition is closed and a later (empty) commit
+        // has returned, nothing more of it reaches disk.
+        Some(partition) => {
+            let _ = request.done.send(Err(StorageError::NotOwner(partition)));
+        }
+        None => group.push(request),
+    };
     while let Ok(first) = rx.recv() {
-        group.push(first);
+        admit(first, &mut group);
         while group.len() < GROUP_MAX {
             match rx.try_recv() {
-                Ok(next) => group.push(next),
+                Ok(next) => admit(next, &mut group),
                 Err(_) => break,
             }
+        }
+        if group.is_empty() {
+            continue;
         }
         let _span = tracing::trace_span!("storage.commit", commits = group.len()).entered();
         let mut batch = tables.db.batch().durability(Some(PersistMode::SyncData));
