@@ -254,6 +254,7 @@ impl Node {
         } else {
             let (reply, rx) = oneshot::channel();
             let object = invocation.object();
+            let id_partition = invocation.id.partition();
             match self.objects.send(
                 self,
                 &object,
@@ -263,7 +264,14 @@ impl Node {
                     reply,
                 },
             ) {
-                Ok(()) => rx.await.unwrap_or(Err(SubmitError::Stopped)),
+                Ok(()) => match rx.await {
+                    Ok(result) => result,
+                    // Evicted before it committed: its partition moved away; nothing was written.
+                    Err(_) if !self.cluster.owns(id_partition) => {
+                        Err(SubmitError::Storage(StorageError::NotOwner(id_partition)))
+                    }
+                    Err(_) => Err(SubmitError::Stopped),
+                },
                 Err(e) => Err(e),
             }
         };
