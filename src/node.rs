@@ -509,7 +509,7 @@ impl Node {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(data_dir = %config.data_dir.display(), node_id = %config.node_id, "node.opening");
     let store = Store::open_gated(&config.data_dir, Arc::new(PartitionGate::new(PartitionState::Remote)))?;
-    let cluster = Cluster::open(&store, &config)?;
+    let cluster = Cluster::open(&store, &config).await?;
     let schema = SchemaRegistry::new(store.deployments()?);
     let actor_threads = Config::threads(config.actor_threads);
     let arbiters: Vec<_> = (0..actor_threads).map(|_| Arbiter::new().handle()).collect();
@@ -560,6 +560,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .configure(crate::ingress::config)
     })
     .workers(Config::threads(config.ingress_threads))
+    // Longer than a load balancer's or a peer's idle connection reuse (nginx: 60 s), so a
+    // reused connection is never closed under a request that was already sent.
+    .keep_alive(Duration::from_secs(75))
     .shutdown_timeout(5)
     .bind(config.ingress_addr)
     .map_err(|e| anyhow::anyhow!("cannot bind ingress on {}: {e}", config.ingress_addr))?

@@ -41,7 +41,8 @@ pub async fn replicate_deployment(node: &Node, record: &DeploymentRecord) {
 }
 
 fn status_of(node: &Node, id: &str, state: MemberState) -> &'static str {
-    let alive = id == node.cluster.node_id || node.cluster.peer_status(id).alive();
+    // A node not pinged yet (just added) is not dead: it shows its membership state.
+    let alive = id == node.cluster.node_id || !node.cluster.peer_status(id).dead();
     match (alive, state) {
         (false, _) => "dead",
         (true, MemberState::Joining) => "joining",
@@ -200,10 +201,23 @@ async fn objects(query: web::Query<ObjectsQuery>, node: web::Data<Node>) -> Http
     HttpResponse::Ok().json(json!({ "objects": out, "truncated": truncated, "unreachable": unreachable }))
 }
 
-/// The first page of `GET /invocations` of every reachable member, newest first.
-async fn invocations(req: HttpRequest, node: web::Data<Node>) -> HttpResponse {
+#[derive(Deserialize)]
+struct LatestQuery {
+    limit: Option<usize>,
+}
+
+/// The newest `limit` invocations (filtered like `GET /invocations`) across reachable members.
+async fn invocations(req: HttpRequest, latest: web::Query<LatestQuery>, node: web::Data<Node>) -> HttpResponse {
     let membership = node.cluster.membership();
-    let query = req.query_string().to_owned();
+    let limit = latest.limit.unwrap_or(50).clamp(1, 1000);
+    let limit_param = format!("limit={limit}");
+    let query: String = req
+        .query_string()
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("limit=") && !p.starts_with("newest="))
+        .chain([limit_param.as_str(), "newest=true"])
+        .collect::<Vec<_>>()
+        .join("&");
     let fetches = membership.members.iter().filter_map(|m| {
         let admin = if m.id == node.cluster.node_id {
             Some(node.config.admin_addr.to_string())
@@ -236,6 +250,7 @@ async fn invocations(req: HttpRequest, node: web::Data<Node>) -> HttpResponse {
         }
     }
     items.sort_by_key(|i| std::cmp::Reverse(i["createdAtMs"].as_u64().unwrap_or(0)));
+    items.truncate(limit);
     HttpResponse::Ok().json(json!({ "invocations": items }))
 }
 

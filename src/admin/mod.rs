@@ -243,6 +243,9 @@ struct ListQuery {
     limit: Option<usize>,
     /// The last id of the previous page.
     after: Option<String>,
+    /// `true`: the newest `limit` matches (a full scan) instead of a page in storage order.
+    #[serde(default)]
+    newest: bool,
 }
 
 /// Largest page of `GET /invocations`.
@@ -267,18 +270,39 @@ async fn list_invocations(query: web::Query<ListQuery>, node: web::Data<Node>) -
     let limit = q.limit.unwrap_or(100).clamp(1, LIST_LIMIT_MAX);
     let store = node.store.clone();
     let live_node = node.clone();
+    let newest = q.newest;
     let page = web::block(move || {
-        store.list_invocations(after.as_ref(), limit, |id, r| {
+        let matches = |id: &InvocationId, r: &InvocationRecord| {
             live_node.cluster.owns(id.partition())
                 && q.service.as_deref().is_none_or(|s| s == r.service)
                 && q.key.as_deref().is_none_or(|k| k == r.key)
                 && q.handler.as_deref().is_none_or(|h| h == r.handler)
                 && status.is_none_or(|s| s == effective_status(&live_node, id, r))
-        })
+        };
+        if !newest {
+            return store.list_invocations(after.as_ref(), limit, matches);
+        }
+        // Keep the newest `limit` seen so far; trimmed in batches to stay O(n log limit).
+        let mut top: Vec<(InvocationId, InvocationRecord)> = Vec::new();
+        let trim = |top: &mut Vec<(InvocationId, InvocationRecord)>| {
+            top.sort_by_key(|(_, r)| std::cmp::Reverse(r.created_at_ms));
+            top.truncate(limit);
+        };
+        store.list_invocations(None, 1, |id, r| {
+            if matches(id, r) {
+                top.push((*id, r.clone()));
+                if top.len() >= 2 * limit {
+                    trim(&mut top);
+                }
+            }
+            false
+        })?;
+        trim(&mut top);
+        Ok(top)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let next_after = (page.len() == limit)
+    let next_after = (page.len() == limit && !newest)
         .then(|| page.last().map(|(id, _)| id.to_string()))
         .flatten();
     let items: Vec<Value> = page

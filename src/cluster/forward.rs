@@ -138,7 +138,7 @@ pub async fn route(
                 return Some(owner_down(partition, &peer.id));
             }
             Err(e) => {
-                return Some(error_body(
+                let mut r = error_body(
                     StatusCode::SERVICE_UNAVAILABLE,
                     503,
                     &format!(
@@ -146,7 +146,10 @@ pub async fn route(
                         peer.id,
                         crate::invoker::error_chain(&e)
                     ),
-                ))
+                );
+                r.headers_mut()
+                    .insert(actix_web::http::header::RETRY_AFTER, HeaderValue::from(1u32));
+                return Some(r);
             }
         }
     }
@@ -194,6 +197,8 @@ thread_local! {
     static CLIENT: reqwest::Client = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
         .pool_max_idle_per_host(256)
+        // Well under the servers' keep-alive (75 s): never reuse a connection being closed.
+        .pool_idle_timeout(Duration::from_secs(20))
         .build()
         .expect("http client");
 }

@@ -69,6 +69,11 @@ impl PeerStatus {
     pub fn alive(&self) -> bool {
         self.last.is_some() && self.failures < PING_FAILURES_DEAD
     }
+
+    /// Missed its last pings (a node never pinged yet is not dead).
+    pub fn dead(&self) -> bool {
+        self.failures >= PING_FAILURES_DEAD
+    }
 }
 
 pub struct Cluster {
@@ -85,7 +90,7 @@ impl Cluster {
     /// Loads the persisted membership, or starts one: from `--cluster` on a first start, else a
     /// one-node cluster — unless the node is to `--join` an existing cluster, in which case it
     /// owns nothing until the cluster adds it.
-    pub fn open(store: &Store, config: &crate::config::Config) -> anyhow::Result<Self> {
+    pub async fn open(store: &Store, config: &crate::config::Config) -> anyhow::Result<Self> {
         let persisted: Option<Membership> = match store.cluster_value(MEMBERSHIP_KEY)? {
             Some(bytes) => Some(rmp_serde::from_slice(&bytes).map_err(|e| anyhow::anyhow!("corrupt membership: {e}"))?),
             None => None,
@@ -99,7 +104,12 @@ impl Cluster {
                     members.iter().any(|(id, _)| *id == me),
                     "--cluster does not list this node's id {me:?}"
                 );
-                Membership::initial(members)
+                let initial = Membership::initial(members);
+                // Persisted at once: later starts use it, whatever --cluster then says.
+                let mut batch = WriteBatch::new();
+                batch.put(Table::Cluster, MEMBERSHIP_KEY.as_bytes().to_vec(), encode(&initial));
+                store.writer.commit(batch).await?;
+                initial
             }
             (None, None) if config.join.is_some() => Membership {
                 epoch: 0,

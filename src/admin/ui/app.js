@@ -25,6 +25,7 @@ const ui = {
   polling: false,
   layout: 'index',      // 'hash' (ring position) or 'index'
   layoutChosen: false,
+  lastRebalance: null,   // {total, epoch, doneAt} of the last rebalance this page saw
 };
 
 // ---------- helpers ----------
@@ -213,6 +214,12 @@ function renderCluster() {
 
   const rb = c.rebalance && c.rebalance.running !== false ? c.rebalance : null;
   $('rebalance').hidden = !rb;
+  // Rebalances can be quick: after one ends, say so for a while.
+  if (rb) ui.lastRebalance = { total: rb.total, epoch: c.epoch, doneAt: null };
+  else if (ui.lastRebalance && !ui.lastRebalance.doneAt) Object.assign(ui.lastRebalance, { doneAt: Date.now(), epoch: c.epoch });
+  const last = ui.lastRebalance?.doneAt && Date.now() - ui.lastRebalance.doneAt < 60_000 ? ui.lastRebalance : null;
+  $('rebalance-done').hidden = !last;
+  if (last) $('rebalance-done').textContent = `✓ Rebalance complete at ${fmtTime(last.doneAt)}: ${fmtNum(last.total)} partitions moved (epoch ${last.epoch})`;
   if (rb) {
     const pct = rb.total ? Math.min(100, (rb.moved / rb.total) * 100) : 0;
     $('rebalance-epochs').textContent = rb.from != null && rb.to != null ? `epoch ${rb.from} → ${rb.to}` : `to epoch ${c.epoch}`;
