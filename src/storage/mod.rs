@@ -378,6 +378,32 @@ mod tests {
     }
 
     #[test]
+    fn the_gate_refuses_writes_to_partitions_not_owned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = InvocationId::new(5); // partition 5
+        let write = || {
+            let mut b = WriteBatch::new();
+            b.put(Table::Journal, keys::journal_entry(&id, 0), vec![1]);
+            b
+        };
+        rt().block_on(async {
+            store.writer.commit(write()).await.unwrap();
+            store.gate.set(id.partition(), PartitionState::Frozen);
+            let refused = store.writer.commit(write()).await;
+            assert!(matches!(refused, Err(StorageError::NotOwner(5))), "{refused:?}");
+            // Metadata is not partitioned; a partition move passes.
+            let mut meta = WriteBatch::new();
+            meta.put(Table::Cluster, b"membership".to_vec(), vec![1]);
+            store.writer.commit(meta).await.unwrap();
+            let mut moved = WriteBatch::for_partition_move();
+            moved.delete(Table::Journal, keys::journal_entry(&id, 0));
+            store.writer.commit(moved).await.unwrap();
+        });
+        assert!(store.journal(&id).unwrap().is_empty());
+    }
+
+    #[test]
     fn concurrent_commits_share_fsyncs() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
