@@ -436,6 +436,9 @@ impl Node {
         self.objects.evict(|o| set.contains(&partition_of(o.partition_key())));
         self.timers.forget(|p| set.contains(&p));
         self.suspended.lock().expect("suspended lock").retain(|id, _| !gone(id));
+        // Attempts of evicted actors were dropped; stale channels would swallow wake-ups if
+        // the partition ever came back.
+        self.attempts.lock().expect("attempts lock").retain(|id, _| !gone(id));
         self.killed.lock().expect("killed lock").retain(|id| !gone(id));
         self.cancel_requests.lock().expect("cancel lock").retain(|id| !gone(id));
         self.live.retain(|id| !gone(id));
