@@ -543,12 +543,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         actix_rt::spawn(node.clone().join_cluster(seed));
     }
     let peer = match crate::cluster::peer::serve(&node) {
-        Ok(server) => futures_util::future::Either::Left(server),
+        Ok(server) => Some(server),
         // A standalone node still serves without its node-to-node endpoint; a cluster member
         // cannot.
         Err(e) if node.cluster.is_member() && !node.cluster.is_clustered() && config.join.is_none() => {
             tracing::warn!(error = %e, "node.standalone_without_peer_endpoint; pass a free --peer-addr to cluster it later");
-            futures_util::future::Either::Right(futures_util::future::pending())
+            None
         }
         Err(e) => return Err(e),
     };
@@ -586,7 +586,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "node.ready"
     );
-    futures_util::future::try_join3(ingress, admin, peer).await?;
+    match peer {
+        Some(peer) => futures_util::future::try_join3(ingress, admin, peer).await.map(|_| ())?,
+        None => futures_util::future::try_join(ingress, admin).await.map(|_| ())?,
+    }
     tracing::info!("node.stopped");
     Ok(())
 }
