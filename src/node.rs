@@ -254,7 +254,8 @@ impl Node {
         } else {
             let (reply, rx) = oneshot::channel();
             let object = invocation.object();
-            let id_partition = invocation.id.partition();
+            let id = invocation.id;
+            let id_partition = id.partition();
             match self.objects.send(
                 self,
                 &object,
@@ -266,9 +267,17 @@ impl Node {
             ) {
                 Ok(()) => match rx.await {
                     Ok(result) => result,
-                    // Evicted before it committed: its partition moved away; nothing was written.
+                    // The actor was evicted (its partition is moving) before it answered. The
+                    // gate has settled this batch by then — committed before the freeze (and
+                    // moved with the partition) or refused — so storage says which.
                     Err(_) if !self.cluster.owns(id_partition) => {
-                        Err(SubmitError::Storage(StorageError::NotOwner(id_partition)))
+                        let store = self.store.clone();
+                        match tokio::task::spawn_blocking(move || store.invocation(&id)).await {
+                            Ok(Ok(Some(_))) => Ok(()),
+                            Ok(Ok(None)) => Err(SubmitError::Storage(StorageError::NotOwner(id_partition))),
+                            Ok(Err(e)) => Err(e.into()),
+                            Err(e) => Err(SubmitError::Storage(StorageError::Io(e.to_string()))),
+                        }
                     }
                     Err(_) => Err(SubmitError::Stopped),
                 },

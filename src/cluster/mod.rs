@@ -230,6 +230,29 @@ impl Cluster {
         if next.epoch <= self.epoch() {
             return Ok(None);
         }
+        // Losing a partition without handing it off is only right when it holds nothing (a
+        // fresh node joining); otherwise this membership is from another cluster.
+        let taken: Vec<u16> = (0..PARTITIONS_COUNT as u16)
+            .filter(|p| self.gate.get(*p) == PartitionState::Owned && next.owner(*p) != self.node_id)
+            .collect();
+        if !taken.is_empty() {
+            let mut holding = None;
+            for p in &taken {
+                if !store.partition_rows(Table::Invocations, *p)?.is_empty() {
+                    holding = Some(*p);
+                    break;
+                }
+            }
+            if let Some(p) = holding {
+                tracing::error!(
+                    epoch = next.epoch,
+                    partition = p,
+                    "cluster.membership_refused: it takes partitions this node holds data for without a hand-off; \
+                     a node with data cannot join another cluster"
+                );
+                return Ok(None);
+            }
+        }
         let mut batch = WriteBatch::new();
         batch.put(Table::Cluster, MEMBERSHIP_KEY.as_bytes().to_vec(), encode(&next));
         store.writer.commit(batch).await?;
@@ -246,9 +269,7 @@ impl Cluster {
                     adopted.gained.push(p);
                 }
                 (PartitionState::Owned, false) => {
-                    // Only we hand our partitions off, so this means our own hand-off already
-                    // happened elsewhere (a stale node); stop serving it.
-                    tracing::warn!(partition = p, "cluster.lost_partition_without_handoff");
+                    // Only an owner hands its partitions off: these are empty (checked above).
                     self.gate.set(p, PartitionState::Remote);
                     adopted.lost.push(p);
                 }

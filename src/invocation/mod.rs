@@ -245,6 +245,11 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
                 Some(end) => return end,
                 None => {} // a completion landed meanwhile: go on with a fresh attempt
             },
+            AttemptOutcome::Retryable(_) if !node.cluster.owns(id.partition()) => {
+                // Its partition moved away mid-attempt (commits refused): the new owner replays it.
+                tracing::debug!(invocation_id = %id, "invocation.moved");
+                return DriveEnd::Moved;
+            }
             AttemptOutcome::Retryable(error) => {
                 tracing::warn!(invocation_id = %id, attempt = inv.record.attempts, %error, "invocation.attempt_failed");
                 let policy = node

@@ -3,6 +3,9 @@
 //!
 //! Prerequisite: the Kotlin jars, built with `mvn -q -f examples/pom.xml install -DskipTests`.
 //! Run: `cargo test --test e2e -- --nocapture` (tests run one at a time; see `harness::run`).
+//! The cluster tests (`i4_cluster_*`) also need nginx (`/usr/sbin/nginx`, package nginx-light),
+//! and `i4_cluster_ui` node, npm and chromium (it runs `npm ci` in tests/ui when node_modules is
+//! missing); `.ci/run` installs them.
 //! On failure, log tails are printed and full logs are kept in `test-artifacts/e2e/<test>/`.
 
 mod harness;
@@ -22,3 +25,11 @@ mod i3_control;
 mod i3_sagas;
 mod i3_time;
 mod i3_twin;
+
+// Cluster (docs/cluster.md): nodes behind a real nginx, join/leave and SIGKILL under load,
+// sagas across nodes, the web UI in a browser.
+mod i4_cluster_join_leave;
+mod i4_cluster_load;
+mod i4_cluster_node_crash;
+mod i4_cluster_saga;
+mod i4_cluster_ui;

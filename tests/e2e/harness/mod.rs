@@ -9,12 +9,18 @@
 
 #![allow(dead_code, unused_imports)]
 
+mod cluster;
 mod durable;
 mod http;
+mod load;
+mod nginx;
 mod process;
 
+pub use cluster::*;
 pub use durable::*;
 pub use http::*;
+pub use load::*;
+pub use nginx::*;
 pub use process::*;
 
 use std::fs::{self, File, OpenOptions};

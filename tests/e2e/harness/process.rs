@@ -78,14 +78,29 @@ pub struct Kiln {
 impl Kiln {
     /// Starts kiln on a fresh data dir and free ports, and waits until `GET /health` is 200.
     pub async fn start(env: &Env, opts: KilnOpts) -> Result<Kiln> {
-        let dir = env.new_dir("kiln");
-        let label = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let data_dir = dir.join("data");
         let ingress_port = free_port();
         let mut admin_port = free_port();
         while admin_port == ingress_port {
             admin_port = free_port();
         }
+        let mut kiln = Kiln::prepare(env, "kiln", ingress_port, admin_port, &[], &opts)?;
+        kiln.spawn_and_wait().await?;
+        Ok(kiln)
+    }
+
+    /// A kiln on a fresh data dir (`<dir>/data`, dir named after `prefix`) and the given ports,
+    /// with `node_args` before the options' flags; not started yet (see [`Kiln::spawn_only`]).
+    pub fn prepare(
+        env: &Env,
+        prefix: &str,
+        ingress_port: u16,
+        admin_port: u16,
+        node_args: &[String],
+        opts: &KilnOpts,
+    ) -> Result<Kiln> {
+        let dir = env.new_dir(prefix);
+        let label = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let data_dir = dir.join("data");
         let mut args = vec![
             "serve".to_string(),
             "--data-dir".to_string(),
@@ -95,6 +110,7 @@ impl Kiln {
             "--admin-addr".to_string(),
             format!("127.0.0.1:{admin_port}"),
         ];
+        args.extend(node_args.iter().cloned());
         let mut opt = |name: &str, v: Option<u64>| {
             if let Some(v) = v {
                 args.push(name.to_string());
@@ -108,7 +124,7 @@ impl Kiln {
         args.extend(opts.extra_args.iter().cloned());
         let log = dir.join(format!("{label}.log"));
         env.add_log(&format!("kiln {label}"), &log);
-        let mut kiln = Kiln {
+        Ok(Kiln {
             env: env.clone(),
             label,
             data_dir,
@@ -119,9 +135,22 @@ impl Kiln {
             child: None,
             starts: 0,
             http: Http::new(),
-        };
-        kiln.spawn_and_wait().await?;
-        Ok(kiln)
+        })
+    }
+
+    /// Starts the process without waiting for it to be ready (see [`Kiln::wait_ready`]).
+    pub fn spawn_only(&mut self) -> Result<()> {
+        self.spawn()
+    }
+
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The path of this kiln's log file (every start appends to it).
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     fn spawn(&mut self) -> Result<()> {
