@@ -572,9 +572,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .configure(crate::ingress::config)
     })
     .workers(Config::threads(config.ingress_threads))
-    // Longer than a load balancer's or a peer's idle connection reuse (nginx: 60 s), so a
-    // reused connection is never closed under a request that was already sent.
-    .keep_alive(Duration::from_secs(75))
     .shutdown_timeout(5)
     .bind(config.ingress_addr)
     .map_err(|e| anyhow::anyhow!("cannot bind ingress on {}: {e}", config.ingress_addr))?

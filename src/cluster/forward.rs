@@ -197,8 +197,9 @@ thread_local! {
     static CLIENT: reqwest::Client = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
         .pool_max_idle_per_host(256)
-        // Well under the servers' keep-alive (75 s): never reuse a connection being closed.
-        .pool_idle_timeout(Duration::from_secs(20))
+        // Under the servers' keep-alive (actix: 5 s): never reuse a connection being closed.
+        // (A longer server keep-alive let actix answer 408 on reused idle connections.)
+        .pool_idle_timeout(Duration::from_secs(3))
         .build()
         .expect("http client");
 }

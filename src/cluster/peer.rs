@@ -186,7 +186,9 @@ pub mod client {
     thread_local! {
         static CLIENT: reqwest::Client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(20))
+            // Under the servers' keep-alive (actix: 5 s), so a connection being closed is
+            // never reused for a request.
+            .pool_idle_timeout(Duration::from_secs(3))
             .build()
             .expect("http client");
     }
@@ -343,7 +345,6 @@ pub fn serve(node: &Arc<Node>) -> anyhow::Result<actix_web::dev::Server> {
     Ok(
         actix_web::HttpServer::new(move || actix_web::App::new().app_data(data.clone()).configure(config))
             .workers(2)
-            .keep_alive(Duration::from_secs(75))
             .shutdown_timeout(5)
             .bind(addr)
             .map_err(|e| anyhow::anyhow!("cannot bind the node-to-node endpoint on {addr}: {e}"))?
