@@ -593,7 +593,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "node.ready"
     );
     match peer {
-        Some(peer) => futures_util::future::try_join3(ingress, admin, peer).await.map(|_| ())?,
+        Some(peer) => futures_util::future::try_join3(ingress, admin, peer)
+            .await
+            .map(|_| ())?,
         None => futures_util::future::try_join(ingress, admin).await.map(|_| ())?,
     }
     tracing::info!("node.stopped");

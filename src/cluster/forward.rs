@@ -126,10 +126,7 @@ pub async fn route(
                 node.pull_membership(&peer.peer_addr).await;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Ok(response)
-                if response.status().as_u16() == 503
-                    && response.headers().contains_key(MOVING_HEADER) =>
-            {
+            Ok(response) if response.status().as_u16() == 503 && response.headers().contains_key(MOVING_HEADER) => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Ok(response) => return Some(relay(response).await),
