@@ -39,6 +39,14 @@ pub enum Completer {
     Awakeable,
 }
 
+/// A completion message has taken effect (or never can: its entry is gone or already done).
+fn delivered(result: Result<(), CompleteError>) -> bool {
+    matches!(
+        result,
+        Ok(()) | Err(CompleteError::NotFound) | Err(CompleteError::AlreadyCompleted)
+    )
+}
+
 impl Node {
     /// Adds `message` as an outbox row of `partition` to `batch`; deliver it after the commit.
     pub(crate) fn stage(
@@ -128,10 +136,9 @@ impl Node {
         }
         match message {
             OutboxMessage::Invoke(invoke) => self.deliver_invoke(invoke, extra, redelivery).await,
-            OutboxMessage::Complete { target, index, result } => matches!(
-                self.complete(target, index, result, extra, Completer::Message).await,
-                Ok(()) | Err(CompleteError::NotFound) | Err(CompleteError::AlreadyCompleted)
-            ),
+            OutboxMessage::Complete { target, index, result } => {
+                delivered(self.complete(target, index, result, extra, Completer::Message).await)
+            }
             OutboxMessage::Promise(promise) => self.deliver_promise(promise, extra).await,
         }
     }
@@ -183,10 +190,7 @@ impl Node {
         extra: WriteBatch,
     ) -> bool {
         if self.cluster.owns(caller.partition()) {
-            return matches!(
-                self.complete(caller, index, result, extra, Completer::Message).await,
-                Ok(()) | Err(CompleteError::NotFound) | Err(CompleteError::AlreadyCompleted)
-            );
+            return delivered(self.complete(caller, index, result, extra, Completer::Message).await);
         }
         let message = OutboxMessage::Complete {
             target: caller,

@@ -56,6 +56,7 @@ pub struct Node {
 }
 
 /// What an ingress caller asked to run.
+#[derive(Clone)]
 pub struct Request {
     pub service: String,
     pub handler: String,
@@ -352,12 +353,9 @@ impl Node {
     ) -> Result<(), StorageError> {
         let store = self.store.clone();
         // Read what is unfinished before redelivery creates more (those start on their own).
-        let mut unfinished = store.unfinished_invocations()?;
-        unfinished.retain(|(id, _)| owned(id.partition()));
-        let mut objects_with_inbox = store.objects_with_inbox()?;
-        objects_with_inbox.retain(|o| owned(partition_of(o.partition_key())));
-        let mut outbox = store.outbox()?;
-        outbox.retain(|(k, _)| owned(key_partition(k)));
+        let unfinished = store.unfinished_invocations(owned)?;
+        let objects_with_inbox = store.objects_with_inbox(owned)?;
+        let outbox = store.outbox(owned)?;
         let last_seq = outbox
             .iter()
             .filter_map(|(k, _)| k.get(2..10))
@@ -453,19 +451,12 @@ impl Node {
         self.live.retain(|id| !gone(id));
         self.waiters.release(&gone);
         let store = self.store.clone();
-        let parts = partitions.to_vec();
         let unfinished = tokio::task::spawn_blocking(move || -> Result<usize, StorageError> {
-            let mut n = 0;
-            for p in parts {
-                for (_, v) in store.partition_rows(Table::Invocations, p)? {
-                    let record: InvocationRecord = rmp_serde::from_slice(&v).map_err(|e| StorageError::Corrupt {
-                        table: "invocations",
-                        message: e.to_string(),
-                    })?;
-                    n += usize::from(!record.status.is_finished() && record.status != InvocationStatus::Scheduled);
-                }
-            }
-            Ok(n)
+            let counted = store.unfinished_invocations(&|p| set.contains(&p))?;
+            Ok(counted
+                .iter()
+                .filter(|(_, r)| r.status != InvocationStatus::Scheduled)
+                .count())
         })
         .await;
         match unfinished {

@@ -227,7 +227,11 @@ async fn invocations(req: HttpRequest, latest: web::Query<LatestQuery>, node: we
         let query = query.clone();
         admin.map(|admin| async move {
             let url = format!("http://{admin}/invocations?{query}");
-            let answer = reqwest::Client::new().get(url).send().await;
+            let answer = client::http()
+                .get(url)
+                .timeout(std::time::Duration::from_secs(5))
+                .send()
+                .await;
             let body = match answer {
                 Ok(r) => r.bytes().await.ok(),
                 Err(_) => None,

@@ -30,8 +30,14 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     .route("/services", web::get().to(list_services))
     .route("/invocations", web::get().to(list_invocations))
     .route("/invocations/{id}", web::get().to(get_invocation))
-    .route("/invocations/{id}/cancel", web::patch().to(cancel_invocation))
-    .route("/invocations/{id}/kill", web::patch().to(kill_invocation))
+    .route(
+        "/invocations/{id}/cancel",
+        web::patch().to(|r, p, n| control_invocation(r, p, n, Control::Cancel)),
+    )
+    .route(
+        "/invocations/{id}/kill",
+        web::patch().to(|r, p, n| control_invocation(r, p, n, Control::Kill)),
+    )
     .route("/metrics", web::get().to(metrics))
     .configure(cluster::config)
     .configure(ui::config)
@@ -206,7 +212,7 @@ fn invocation_json(node: &Node, id: InvocationId, record: &InvocationRecord, jou
 
 /// Answers from the node that owns `partition` (`Some`), or `None` to answer here.
 async fn at_owner(node: &std::sync::Arc<Node>, req: &HttpRequest, partition: u16) -> Option<HttpResponse> {
-    forward::route(node, req, &bytes::Bytes::new(), partition, Listener::Admin).await
+    forward::route(node, req, &[], partition, Listener::Admin).await
 }
 
 async fn get_invocation(
@@ -333,33 +339,32 @@ fn control_error(e: ControlError) -> ApiError {
     }
 }
 
-/// `PATCH /invocations/{id}/cancel`: the handler sees `TerminalException(409)` at its next
-/// await and may compensate; the calls it waits on are cancelled too.
-async fn cancel_invocation(
-    req: HttpRequest,
-    path: web::Path<String>,
-    node: web::Data<Node>,
-) -> Result<HttpResponse, ApiError> {
-    let id: InvocationId = path.parse()?;
-    let node = node.into_inner();
-    if let Some(answer) = at_owner(&node, &req, id.partition()).await {
-        return Ok(answer);
-    }
-    node.cancel(id).await.map_err(control_error)?;
-    Ok(HttpResponse::Accepted().json(json!({ "id": id.to_string(), "status": "cancel requested" })))
+/// What `PATCH /invocations/{id}/…` asks for.
+#[derive(Clone, Copy)]
+enum Control {
+    /// The handler sees `TerminalException(409)` at its next await and may compensate; the
+    /// calls it waits on are cancelled too.
+    Cancel,
+    /// Stops at once, without compensation; status `killed`.
+    Kill,
 }
 
-/// `PATCH /invocations/{id}/kill`: stops at once, without compensation; status `killed`.
-async fn kill_invocation(
+/// `PATCH /invocations/{id}/cancel` and `…/kill`, at the invocation's owner.
+async fn control_invocation(
     req: HttpRequest,
     path: web::Path<String>,
     node: web::Data<Node>,
+    control: Control,
 ) -> Result<HttpResponse, ApiError> {
     let id: InvocationId = path.parse()?;
     let node = node.into_inner();
     if let Some(answer) = at_owner(&node, &req, id.partition()).await {
         return Ok(answer);
     }
-    node.kill(id).await.map_err(control_error)?;
-    Ok(HttpResponse::Accepted().json(json!({ "id": id.to_string(), "status": "kill requested" })))
+    let status = match control {
+        Control::Cancel => node.cancel(id).await.map(|()| "cancel requested"),
+        Control::Kill => node.kill(id).await.map(|()| "kill requested"),
+    }
+    .map_err(control_error)?;
+    Ok(HttpResponse::Accepted().json(json!({ "id": id.to_string(), "status": status })))
 }

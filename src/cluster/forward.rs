@@ -27,8 +27,6 @@ pub const FORWARDED_HEADER: &str = "x-kiln-ring-epoch";
 pub const MOVING_HEADER: &str = "x-kiln-moving";
 /// How long a request waits for a partition in motion before it gets a 503.
 const MOVE_WAIT: Duration = Duration::from_secs(30);
-/// Retry-After given when the owner of a partition is down.
-const DEAD_OWNER_RETRY_AFTER_SECS: u32 = 5;
 /// Headers relayed in both directions.
 const RELAYED_REQUEST_HEADERS: [&str; 3] = ["content-type", "idempotency-key", "accept"];
 const RELAYED_RESPONSE_HEADERS: [&str; 3] = ["content-type", crate::ingress::INVOCATION_ID_HEADER, "retry-after"];
@@ -40,53 +38,23 @@ pub enum Listener {
     Admin,
 }
 
-/// 503 for a partition whose owner is down: retry later, nothing was done.
-pub fn owner_down(partition: u16, node_id: &str) -> HttpResponse {
-    let mut r = error_body(
-        StatusCode::SERVICE_UNAVAILABLE,
-        503,
-        &format!("partition {partition} is owned by node {node_id}, which is unreachable; retry later"),
-    );
-    r.headers_mut().insert(
-        actix_web::http::header::RETRY_AFTER,
-        HeaderValue::from(DEAD_OWNER_RETRY_AFTER_SECS),
-    );
-    r
-}
-
-fn moving_timeout(partition: u16) -> HttpResponse {
-    let mut r = error_body(
-        StatusCode::SERVICE_UNAVAILABLE,
-        503,
-        &format!("partition {partition} is moving between nodes; retry"),
-    );
-    r.headers_mut()
-        .insert(actix_web::http::header::RETRY_AFTER, HeaderValue::from(1u32));
-    r
-}
-
-/// The 503 a node answers when a partition it just served started moving: route again.
-pub fn moving(partition: u16) -> HttpResponse {
-    let mut r = moving_timeout(partition);
-    r.headers_mut()
-        .insert(HeaderName::from_static(MOVING_HEADER), HeaderValue::from_static("1"));
-    r
-}
-
 /// `None`: this node serves `partition`, handle the request here. `Some`: the owner's answer
 /// (or why there is none).
 pub async fn route(
     node: &Arc<Node>,
     req: &HttpRequest,
-    body: &bytes::Bytes,
+    body: &[u8],
     partition: u16,
     listener: Listener,
 ) -> Option<HttpResponse> {
+    let answer = |e: ApiError| Some(actix_web::ResponseError::error_response(&e));
     let deadline = Instant::now() + MOVE_WAIT;
     let forwarded = req.headers().contains_key(FORWARDED_HEADER);
     loop {
         if Instant::now() > deadline {
-            return Some(moving_timeout(partition));
+            return answer(ApiError::unavailable(format!(
+                "partition {partition} is moving between nodes; retry"
+            )));
         }
         let peer = match node.cluster.placement(partition) {
             Placement::Local => return None,
@@ -110,7 +78,7 @@ pub async fn route(
             return Some(r);
         }
         if !peer.alive {
-            return Some(owner_down(partition, &peer.id));
+            return answer(ApiError::owner_down(partition, &peer.id));
         }
         let addr = match listener {
             Listener::Ingress => peer.ingress_addr.clone(),
@@ -132,38 +100,26 @@ pub async fn route(
             Ok(response) => return Some(relay(response).await),
             Err(e) if e.is_connect() => {
                 node.cluster.mark_unreachable(&peer.id);
-                return Some(owner_down(partition, &peer.id));
+                return answer(ApiError::owner_down(partition, &peer.id));
             }
             Err(e) => {
-                let mut r = error_body(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    503,
-                    &format!(
-                        "node {} (owner of partition {partition}) failed while answering; the outcome is unknown — retry with an idempotency-key to be safe: {}",
-                        peer.id,
-                        crate::invoker::error_chain(&e)
-                    ),
-                );
-                r.headers_mut()
-                    .insert(actix_web::http::header::RETRY_AFTER, HeaderValue::from(1u32));
-                return Some(r);
+                return answer(ApiError::unavailable(format!(
+                    "node {} (owner of partition {partition}) failed while answering; the outcome is unknown — retry with an idempotency-key to be safe: {}",
+                    peer.id,
+                    crate::invoker::error_chain(&e)
+                )))
             }
         }
     }
 }
 
-async fn send(
-    node: &Node,
-    req: &HttpRequest,
-    body: &bytes::Bytes,
-    addr: &str,
-) -> Result<reqwest::Response, reqwest::Error> {
+async fn send(node: &Node, req: &HttpRequest, body: &[u8], addr: &str) -> Result<reqwest::Response, reqwest::Error> {
     let path = req.uri().path_and_query().map_or(req.path(), |p| p.as_str());
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
-    let mut request = http()
+    let mut request = client::http()
         .request(method, format!("http://{addr}{path}"))
         .header(FORWARDED_HEADER, node.cluster.epoch().to_string())
-        .body(body.clone());
+        .body(body.to_vec());
     for name in RELAYED_REQUEST_HEADERS {
         if let Some(v) = req.headers().get(name) {
             request = request.header(name, v.as_bytes());
@@ -182,34 +138,16 @@ async fn relay(response: reqwest::Response) -> HttpResponse {
     }
     match response.bytes().await {
         Ok(body) => out.body(body),
-        Err(e) => error_body(
-            StatusCode::SERVICE_UNAVAILABLE,
-            503,
-            &format!("the owner node failed while answering; the outcome is unknown: {e}"),
-        ),
+        Err(e) => actix_web::ResponseError::error_response(&ApiError::unavailable(format!(
+            "the owner node failed while answering; the outcome is unknown: {e}"
+        ))),
     }
-}
-
-thread_local! {
-    static CLIENT: reqwest::Client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(500))
-        .pool_max_idle_per_host(256)
-        // Under the servers' keep-alive (actix: 5 s): never reuse a connection being closed.
-        // (A longer server keep-alive let actix answer 408 on reused idle connections.)
-        .pool_idle_timeout(Duration::from_secs(3))
-        .build()
-        .expect("http client");
-}
-
-fn http() -> reqwest::Client {
-    CLIENT.with(|c| c.clone())
 }
 
 /// Waits for the output of `id` wherever it runs, following its partition if it moves.
 pub async fn wait_output(node: &Arc<Node>, id: InvocationId) -> Result<Option<Output>, ApiError> {
     let partition = id.partition();
-    let deadline_moving = MOVE_WAIT;
-    let mut waited_moving = Duration::ZERO;
+    let deadline = Instant::now() + MOVE_WAIT;
     loop {
         match node.cluster.placement(partition) {
             Placement::Local => match node.output(id).await? {
@@ -218,11 +156,10 @@ pub async fn wait_output(node: &Arc<Node>, id: InvocationId) -> Result<Option<Ou
                 Waited::Moved => continue,
             },
             Placement::Moving => {
-                if waited_moving > deadline_moving {
+                if Instant::now() > deadline {
                     return Err(ApiError::unavailable(format!("partition {partition} is moving; retry")));
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                waited_moving += Duration::from_millis(10);
             }
             Placement::Remote(peer) if !peer.alive => {
                 return Err(ApiError::owner_down(partition, &peer.id));

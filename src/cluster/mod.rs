@@ -182,7 +182,7 @@ impl Cluster {
             peer_addr: member.peer_addr.clone(),
             ingress_addr: status.last.as_ref().map(|r| r.ingress_addr.clone()),
             admin_addr: status.last.as_ref().map(|r| r.admin_addr.clone()),
-            alive: status.alive() || status.last.is_none() && status.failures == 0,
+            alive: !status.dead(),
         })
     }
 

@@ -186,6 +186,7 @@ pub mod client {
     thread_local! {
         static CLIENT: reqwest::Client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
+            .pool_max_idle_per_host(256)
             // Under the servers' keep-alive (actix: 5 s), so a connection being closed is
             // never reused for a request.
             .pool_idle_timeout(Duration::from_secs(3))
@@ -210,7 +211,8 @@ pub mod client {
         }
     }
 
-    fn http() -> reqwest::Client {
+    /// The client of all node-to-node traffic, forwarded requests included.
+    pub(crate) fn http() -> reqwest::Client {
         CLIENT.with(|c| c.clone())
     }
 

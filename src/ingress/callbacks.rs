@@ -39,8 +39,7 @@ async fn complete_awakeable(
     let (target, index) = parse_awakeable_id(&raw_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let body = read_limited(&req, payload, node.config.max_body_bytes).await?;
     let node = node.into_inner();
-    let forwarded = bytes::Bytes::from(body.clone());
-    if let Some(answer) = forward::route(&node, &req, &forwarded, target.partition(), Listener::Ingress).await {
+    if let Some(answer) = forward::route(&node, &req, &body, target.partition(), Listener::Ingress).await {
         return Ok(answer);
     }
     let result = match action.as_str() {
@@ -99,13 +98,10 @@ async fn workflow_result(
     let id = workflow_run_id(&ObjectId::new(service, key));
     match what.as_str() {
         "attach" => wait_for(&node, id).await,
-        "output" => {
-            let none = bytes::Bytes::new();
-            match forward::route(&node, &req, &none, id.partition(), Listener::Ingress).await {
-                Some(answer) => Ok(answer),
-                None => super::output_of(&node, id).await,
-            }
-        }
+        "output" => match forward::route(&node, &req, &[], id.partition(), Listener::Ingress).await {
+            Some(answer) => Ok(answer),
+            None => super::output_of(&node, id).await,
+        },
         other => Err(ApiError::not_found(format!(
             "unknown workflow action {other:?}: use attach or output"
         ))),

@@ -175,32 +175,43 @@ async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) 
             Some(k.to_owned())
         }
     };
-    let input = bytes::Bytes::from(body::read_limited(&req, payload, node.config.max_body_bytes).await?);
+    let input = body::read_limited(&req, payload, node.config.max_body_bytes).await?;
     let kind = service.handlers[&target.handler].kind;
     let partition_key = routing_key(&node, &target, kind, idempotency_key.as_deref());
+    let send = target.send;
+    let mut request = Some(Request {
+        service: target.service,
+        handler: target.handler,
+        key: target.key,
+        kind,
+        deployment_id: service.deployment_id,
+        input,
+        idempotency_key,
+        delay,
+        partition_key: Some(partition_key),
+    });
     let submitted = loop {
-        if let Some(answer) = forward::route(&node, &req, &input, partition_of(partition_key), Listener::Ingress).await
-        {
+        let body = &request.as_ref().expect("kept while it may be routed again").input;
+        if let Some(answer) = forward::route(&node, &req, body, partition_of(partition_key), Listener::Ingress).await {
             return Ok(answer);
         }
-        let request = Request {
-            service: target.service.clone(),
-            handler: target.handler.clone(),
-            key: target.key.clone(),
-            kind,
-            deployment_id: service.deployment_id.clone(),
-            input: input.to_vec(),
-            idempotency_key: idempotency_key.clone(),
-            delay,
-            partition_key: Some(partition_key),
+        // In a cluster the partition may start moving before the write (which is then
+        // refused): keep the request to route it again. A lone node moves nothing.
+        let attempt = if node.cluster.is_clustered() {
+            request.clone()
+        } else {
+            request.take()
         };
-        match node.submit(request).await {
-            // The partition started moving after we looked: nothing was written; route again.
-            Err(crate::object::SubmitError::Storage(crate::storage::StorageError::NotOwner(_))) => continue,
+        match node.submit(attempt.expect("present")).await {
+            Err(crate::object::SubmitError::Storage(crate::storage::StorageError::NotOwner(_)))
+                if request.is_some() =>
+            {
+                continue
+            }
             other => break other?,
         }
     };
-    if target.send {
+    if send {
         let status = if submitted.existing {
             "PreviouslyAccepted"
         } else {
@@ -256,7 +267,7 @@ async fn attach(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpRe
 async fn output(req: HttpRequest, path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
     let node = node.into_inner();
-    if let Some(answer) = forward::route(&node, &req, &bytes::Bytes::new(), id.partition(), Listener::Ingress).await {
+    if let Some(answer) = forward::route(&node, &req, &[], id.partition(), Listener::Ingress).await {
         return Ok(answer);
     }
     output_of(&node, id).await

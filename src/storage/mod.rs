@@ -176,10 +176,22 @@ impl Store {
         Ok(rows)
     }
 
-    /// Every object with a non-empty inbox (to re-activate on start).
-    pub fn objects_with_inbox(&self) -> Result<Vec<ObjectId>, StorageError> {
+    /// Rows of `table` in the partitions `owned` selects, one prefix scan per partition.
+    fn owned_rows<'a>(
+        &'a self,
+        table: Table,
+        owned: &'a dyn Fn(u16) -> bool,
+    ) -> impl Iterator<Item = fjall::Guard> + 'a {
+        let keyspace = self.tables.get(table);
+        (0..crate::ids::PARTITIONS_COUNT as u16)
+            .filter(move |p| owned(*p))
+            .flat_map(move |p| keyspace.prefix(p.to_be_bytes()))
+    }
+
+    /// Every object with a non-empty inbox in the partitions `owned` selects (to re-activate).
+    pub fn objects_with_inbox(&self, owned: &dyn Fn(u16) -> bool) -> Result<Vec<ObjectId>, StorageError> {
         let mut objects: Vec<ObjectId> = Vec::new();
-        for item in self.tables.inbox.iter() {
+        for item in self.owned_rows(Table::Inbox, owned) {
             let key = item.key()?;
             let (object, _) = keys::split_object_key(&key).ok_or(StorageError::Corrupt {
                 table: "inbox",
@@ -193,10 +205,13 @@ impl Store {
         Ok(objects)
     }
 
-    /// Every invocation that has not finished, for recovery on start.
-    pub fn unfinished_invocations(&self) -> Result<Vec<(InvocationId, InvocationRecord)>, StorageError> {
+    /// Every unfinished invocation in the partitions `owned` selects, for recovery.
+    pub fn unfinished_invocations(
+        &self,
+        owned: &dyn Fn(u16) -> bool,
+    ) -> Result<Vec<(InvocationId, InvocationRecord)>, StorageError> {
         let mut out = Vec::new();
-        for item in self.tables.invocations.iter() {
+        for item in self.owned_rows(Table::Invocations, owned) {
             let (key, value) = item.into_inner()?;
             let record: InvocationRecord = decode("invocations", &value)?;
             if !record.status.is_finished() {
@@ -250,10 +265,11 @@ impl Store {
         }
     }
 
-    /// Every undelivered outbox message, in key order (per partition, in production order).
-    pub fn outbox(&self) -> Result<Vec<(Vec<u8>, OutboxMessage)>, StorageError> {
+    /// Every undelivered outbox message of the partitions `owned` selects, in key order (per
+    /// partition, in production order).
+    pub fn outbox(&self, owned: &dyn Fn(u16) -> bool) -> Result<Vec<(Vec<u8>, OutboxMessage)>, StorageError> {
         let mut out = Vec::new();
-        for item in self.tables.outbox.iter() {
+        for item in self.owned_rows(Table::Outbox, owned) {
             let (key, value) = item.into_inner()?;
             out.push((key.to_vec(), decode("outbox", &value)?));
         }
@@ -374,7 +390,7 @@ mod tests {
         assert_eq!(store.journal(&id).unwrap().len(), 1);
         assert_eq!(store.object_state(&object).unwrap()["count"], Bytes::from_static(b"41"));
         assert_eq!(store.inbox(&object).unwrap(), vec![(3, id)]);
-        assert_eq!(store.objects_with_inbox().unwrap(), vec![object]);
+        assert_eq!(store.objects_with_inbox(&|_| true).unwrap(), vec![object]);
     }
 
     #[test]

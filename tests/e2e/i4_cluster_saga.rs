@@ -331,23 +331,7 @@ fn i4_d_saga_across_nodes_with_node_crash() {
                             .collect::<Vec<_>>()
                             .await;
                         for v in fetched {
-                            let v = v?;
-                            let input = v["journal"]
-                                .as_array()
-                                .and_then(|j| j.first())
-                                .and_then(|e| e["value"].as_str())
-                                .unwrap_or("");
-                            let input: Value = serde_json::from_str(input).unwrap_or(Value::Null);
-                            let trip = input
-                                .get("tripId")
-                                .unwrap_or(&input)
-                                .as_str()
-                                .unwrap_or("?")
-                                .to_string();
-                            let key = v["key"].as_str().unwrap_or("?").to_string();
-                            *calls
-                                .entry((object.to_string(), key, handler.to_string(), trip))
-                                .or_default() += 1;
+                            *calls.entry(saga_call(object, handler, &v?)).or_default() += 1;
                         }
                     }
                 }

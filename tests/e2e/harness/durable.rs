@@ -138,3 +138,22 @@ pub fn test_seed() -> u64 {
                 .unwrap_or(42)
         })
 }
+
+/// (object, key, handler, trip id) of a saga participant's invocation (`GET /invocations/{id}`
+/// JSON): the identity under which a reserve/cancel must run at most once.
+pub fn saga_call(object: &str, handler: &str, invocation: &Value) -> (String, String, String, String) {
+    let input = invocation["journal"]
+        .as_array()
+        .and_then(|j| j.first())
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or("");
+    let input: Value = serde_json::from_str(input).unwrap_or(Value::Null);
+    let trip = input
+        .get("tripId")
+        .unwrap_or(&input)
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    let key = invocation["key"].as_str().unwrap_or("?").to_string();
+    (object.to_string(), key, handler.to_string(), trip)
+}
