@@ -8,7 +8,7 @@ use crate::invoker::AttemptSignal;
 use crate::journal::{codes, Entry, Failure, Output};
 use crate::node::Node;
 use crate::object::ObjectMsg;
-use crate::storage::{encode, keys, HandlerKind, InvocationStatus, StorageError, Table, WriteBatch};
+use crate::storage::{HandlerKind, InvocationStatus, StorageError, WriteBatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -82,7 +82,7 @@ impl Node {
             self.cancel_requests.lock().expect("cancel lock").insert(id);
             inv.record.cancel_requested = true;
             let mut batch = WriteBatch::new();
-            batch.put(Table::Invocations, keys::invocation(&id), encode(&inv.record));
+            batch.put_invocation(&id, &inv.record);
             self.commit_retrying(batch).await?;
             self.wake(id, AttemptSignal::Cancel, None);
             inv.journal

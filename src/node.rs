@@ -481,6 +481,7 @@ impl Node {
                     if !store.gate.owns(id.partition()) {
                         continue; // a copy left by a hand-off; its clean-up deletes it
                     }
+                    batch.delete_invocation(&id, &record);
                     let inv = Invocation {
                         id,
                         record,
@@ -492,7 +493,6 @@ impl Node {
                     for key in store.journal_keys(&id)? {
                         batch.delete(Table::Journal, key);
                     }
-                    batch.delete(Table::Invocations, keys::invocation(&id));
                 }
                 Ok(batch)
             })

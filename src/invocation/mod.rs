@@ -61,7 +61,7 @@ impl Invocation {
     /// its inbox row.
     pub fn creation_batch(&self) -> WriteBatch {
         let mut batch = WriteBatch::new();
-        batch.put(Table::Invocations, keys::invocation(&self.id), encode(&self.record));
+        batch.put_invocation(&self.id, &self.record);
         for (i, entry) in self.journal.iter().enumerate() {
             batch.put(Table::Journal, keys::journal_entry(&self.id, i as u32), encode(entry));
         }
@@ -118,7 +118,7 @@ pub(crate) fn finish_writes(
     done.next_retry_at_ms = None;
     done.waiting_on.clear();
     done.expires_at_ms = Some(now + node.config.idempotency_retention_secs * 1000);
-    batch.put(Table::Invocations, keys::invocation(id), encode(&done));
+    batch.put_invocation(id, &done);
     if let Some(seq) = record.inbox_seq {
         batch.delete(
             Table::Inbox,
@@ -188,9 +188,7 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
         running.status = InvocationStatus::Running;
         running.waiting_on.clear();
         running.modified_at_ms = now_ms();
-        let running_row = encode(&running);
-        let on_first_commit =
-            |batch: &mut WriteBatch| batch.put(Table::Invocations, keys::invocation(&id), running_row.clone());
+        let on_first_commit = |batch: &mut WriteBatch| batch.put_invocation(&id, &running);
         let caller_message: Mutex<Option<(Vec<u8>, OutboxMessage)>> = Mutex::new(None);
         let on_output = |batch: &mut WriteBatch, output: &Output| {
             *caller_message.lock().expect("caller message lock") =
@@ -292,7 +290,7 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
                         return DriveEnd::Finished;
                     }
                     let mut batch = WriteBatch::new();
-                    batch.put(Table::Invocations, keys::invocation(&id), encode(&inv.record));
+                    batch.put_invocation(&id, &inv.record);
                     if let Err(e) = node.commit_retrying(batch).await {
                         tracing::warn!(error = %e, "could not record the failed attempt");
                     }
@@ -325,7 +323,7 @@ async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -
     inv.record.status = InvocationStatus::Suspended;
     inv.record.modified_at_ms = now_ms();
     let mut batch = WriteBatch::new();
-    batch.put(Table::Invocations, keys::invocation(&id), encode(&inv.record));
+    batch.put_invocation(&id, &inv.record);
     if let Err(e) = node.commit_retrying(batch).await {
         tracing::warn!(invocation_id = %id, error = %e, "could not record the suspension");
     }

@@ -10,7 +10,8 @@ use fjall::PersistMode;
 use tokio::sync::oneshot;
 
 use super::gate::{key_partition, PartitionGate};
-use super::{StorageError, Tables};
+use super::{keys, InvocationRecord, StorageError, Tables};
+use crate::ids::InvocationId;
 
 /// Tables a batch can write. The order of variants is not stored anywhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +73,17 @@ impl WriteBatch {
 
     pub fn delete(&mut self, table: Table, key: Vec<u8>) {
         self.ops.push(Op::Delete(table, key));
+    }
+
+    /// Writes an invocation's record. The one way a record is written, so that the indexes
+    /// derived from it stay in step with it.
+    pub fn put_invocation(&mut self, id: &InvocationId, record: &InvocationRecord) {
+        self.put(Table::Invocations, keys::invocation(id), super::encode(record));
+    }
+
+    /// Deletes a finished invocation's record (retention over), with its index rows.
+    pub fn delete_invocation(&mut self, id: &InvocationId, _record: &InvocationRecord) {
+        self.delete(Table::Invocations, keys::invocation(id));
     }
 
     /// A batch of a partition move (import or clean-up): passes the partition gate.
