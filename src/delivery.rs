@@ -84,12 +84,11 @@ impl Node {
             let creation = Creation {
                 invocation: invocation.clone(),
                 extra: extra.clone(),
+                admitted: true,
             };
             match self.create(creation).await {
                 Ok(()) => return true,
-                Err(
-                    e @ (SubmitError::InboxFull(_) | SubmitError::MailboxFull(_) | SubmitError::TooManyInvocations),
-                )
+                Err(e @ (SubmitError::InboxFull(_) | SubmitError::MailboxFull(_)))
                 | Err(e @ SubmitError::Storage(StorageError::Overloaded)) => {
                     tracing::debug!(error = %e, invocation_id = %id, what, "delivery.backoff");
                     tokio::time::sleep(delay).await;
@@ -221,8 +220,9 @@ impl Node {
             };
         }
         // A message sent again (after a crash or a lost answer) may be applied concurrently
-        // with its first copy: check and create under the id's lock.
-        let _dedup = if redelivery {
+        // with its first copy, and a workflow run may be created by an ingress request at the
+        // same time: check and create under the id's lock (the one `Node::submit` takes).
+        let _dedup = if redelivery || invoke.kind == HandlerKind::Workflow {
             Some(self.stripe(&invoke.id).lock().await)
         } else {
             None

@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: ingress, admin API and storage.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inspect or change a cluster through a node's admin API.
     #[command(subcommand)]
     Cluster(ClusterCommand),

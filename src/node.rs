@@ -41,8 +41,6 @@ pub struct Node {
     pub(crate) handoff_lock: tokio::sync::Mutex<()>,
     /// Unfinished invocations held by this node (bounded by `max_inflight_invocations`).
     inflight: AtomicUsize,
-    /// Serialises idempotency-key and workflow-key look-ups so duplicates start one invocation.
-    idempotency_gate: tokio::sync::Mutex<()>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Signal channels of running attempts.
     pub(crate) attempts: Mutex<HashMap<InvocationId, mpsc::Sender<AttemptSignal>>>,
@@ -90,6 +88,10 @@ pub struct Submitted {
 pub struct Creation {
     pub invocation: Invocation,
     pub extra: WriteBatch,
+    /// Work already admitted — a durable message or timer carries it — is never refused by the
+    /// in-flight limit: refusing it could only be retried, and at start-up that retry would wait
+    /// for invocations that are not resumed yet. Only new ingress requests are refused (429).
+    pub admitted: bool,
 }
 
 /// Id of the run of workflow (service, key): deterministic, so a second run finds the first.
@@ -147,6 +149,11 @@ impl Node {
         &self.stripes[(stable_hash(&[&id.0]) % STRIPES_COUNT as u64) as usize]
     }
 
+    /// The stripe on which duplicates of one idempotency row meet.
+    pub(crate) fn dedup_stripe(&self, row: &[u8]) -> &tokio::sync::Mutex<()> {
+        &self.stripes[(stable_hash(&[row]) % STRIPES_COUNT as u64) as usize]
+    }
+
     pub(crate) fn object_stripe(&self, object: &ObjectId) -> &tokio::sync::Mutex<()> {
         &self.stripes[(object.partition_key() % STRIPES_COUNT as u64) as usize]
     }
@@ -181,7 +188,8 @@ impl Node {
             input: request.input,
             caller: None,
             call_chain: Vec::new(),
-            not_before_ms: request.delay.map(|d| now_ms() + d.as_millis() as u64),
+            // The ingress has checked the delay's range (`journal::DELAY_MS_MAX`).
+            not_before_ms: request.delay.map(|d| now_ms().saturating_add(d.as_millis() as u64)),
             idempotency_key: request.idempotency_key,
         };
         let invocation = message.into_invocation();
@@ -191,16 +199,25 @@ impl Node {
                 .create(Creation {
                     invocation,
                     extra: WriteBatch::new(),
+                    admitted: false,
                 })
                 .await
                 .map(|()| Submitted { id, existing: false });
         }
-        let _gate = self.idempotency_gate.lock().await;
+        // Duplicates of one idempotency key (or workflow key) meet on one stripe: the look-up and
+        // the creation are atomic for them, and unrelated keys do not wait (the delivery of a
+        // workflow run takes the same stripe, `delivery::deliver_invoke`).
+        let workflow = request.kind == HandlerKind::Workflow;
+        let _gate = match &dedup_row {
+            Some(row) if !workflow => self.dedup_stripe(row).lock().await,
+            _ => self.stripe(&id).lock().await,
+        };
         let store = self.store.clone();
         let existing = tokio::task::spawn_blocking(move || -> Result<Option<InvocationId>, StorageError> {
+            // A workflow key runs once, whatever idempotency key each caller sends.
             Ok(match dedup_row {
-                Some(row) => store.idempotency(&row)?.map(|r| r.invocation_id),
-                None => store.invocation(&id)?.map(|_| id),
+                Some(row) if !workflow => store.idempotency(&row)?.map(|r| r.invocation_id),
+                _ => store.invocation(&id)?.map(|_| id),
             })
         })
         .await
@@ -215,6 +232,7 @@ impl Node {
         self.create(Creation {
             invocation,
             extra: WriteBatch::new(),
+            admitted: false,
         })
         .await
         .map(|()| Submitted { id, existing: false })
@@ -223,7 +241,11 @@ impl Node {
     /// Persists a new invocation (with `extra`) and starts it — or, if it is scheduled for
     /// later, persists it with its timer.
     pub(crate) async fn create(self: &Arc<Self>, creation: Creation) -> Result<(), SubmitError> {
-        let Creation { invocation, extra } = creation;
+        let Creation {
+            invocation,
+            extra,
+            admitted,
+        } = creation;
         if invocation.record.status == InvocationStatus::Scheduled {
             let due = invocation.record.not_before_ms.unwrap_or(0);
             let timer_key = keys::timer(&invocation.id, due, u32::MAX);
@@ -237,7 +259,7 @@ impl Node {
             self.timers.register(timer_key, due, timer);
             return Ok(());
         }
-        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.config.max_inflight_invocations {
+        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.config.max_inflight_invocations && !admitted {
             self.inflight.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::TooManyInvocations);
         }
@@ -477,9 +499,18 @@ impl Node {
             let store = self.store.clone();
             let expired = tokio::task::spawn_blocking(move || -> Result<WriteBatch, StorageError> {
                 let mut batch = WriteBatch::new();
-                for (id, record) in store.expired_invocations(now_ms(), 10_000)? {
+                // Reads only the `expiry` index rows already due, in owned partitions (a copy
+                // left by a hand-off is deleted by its clean-up).
+                let owned = |p: u16| store.gate.owns(p);
+                let expired = store.expired(now_ms(), 10_000, &owned)?;
+                for key in expired.stale_index_rows {
+                    if owned(key_partition(&key)) {
+                        batch.delete(Table::Expiry, key);
+                    }
+                }
+                for (id, record) in expired.invocations {
                     if !store.gate.owns(id.partition()) {
-                        continue; // a copy left by a hand-off; its clean-up deletes it
+                        continue; // moved away since the scan
                     }
                     batch.delete_invocation(&id, &record);
                     let inv = Invocation {
@@ -527,7 +558,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cluster,
         handoff_lock: tokio::sync::Mutex::new(()),
         inflight: AtomicUsize::new(0),
-        idempotency_gate: tokio::sync::Mutex::new(()),
         stripes: (0..STRIPES_COUNT).map(|_| tokio::sync::Mutex::new(())).collect(),
         attempts: Mutex::new(HashMap::new()),
         suspended: Mutex::new(HashMap::new()),

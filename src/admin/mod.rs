@@ -285,8 +285,20 @@ async fn list_invocations(query: web::Query<ListQuery>, node: web::Data<Node>) -
                 && q.handler.as_deref().is_none_or(|h| h == r.handler)
                 && status.is_none_or(|s| s == effective_status(&live_node, id, r))
         };
+        // Live statuses come from the `unfinished` index (a page of it, or all of it for
+        // `newest`), so listing live work does not scan finished history.
+        let unfinished_only = status.is_some_and(|s| !s.is_finished());
+        let list = |after: Option<&InvocationId>,
+                    limit: usize,
+                    keep: &mut dyn FnMut(&InvocationId, &InvocationRecord) -> bool| {
+            if unfinished_only {
+                store.list_unfinished_invocations(after, limit, keep)
+            } else {
+                store.list_invocations(after, limit, keep)
+            }
+        };
         if !newest {
-            return store.list_invocations(after.as_ref(), limit, matches);
+            return list(after.as_ref(), limit, &mut |id, r| matches(id, r));
         }
         // Keep the newest `limit` seen so far; trimmed in batches to stay O(n log limit).
         let mut top: Vec<(InvocationId, InvocationRecord)> = Vec::new();
@@ -294,7 +306,7 @@ async fn list_invocations(query: web::Query<ListQuery>, node: web::Data<Node>) -
             top.sort_by_key(|(_, r)| std::cmp::Reverse(r.created_at_ms));
             top.truncate(limit);
         };
-        store.list_invocations(None, 1, |id, r| {
+        list(None, 1, &mut |id, r| {
             if matches(id, r) {
                 top.push((*id, r.clone()));
                 if top.len() >= 2 * limit {
@@ -335,6 +347,7 @@ fn control_error(e: ControlError) -> ApiError {
     match e {
         ControlError::NotFound(_) => ApiError::not_found(e.to_string()),
         ControlError::Finished(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        ControlError::Interrupted(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         ControlError::Storage(s) => s.into(),
     }
 }

@@ -238,7 +238,7 @@ impl Cluster {
         if !taken.is_empty() {
             let mut holding = None;
             for p in &taken {
-                if !store.partition_rows(Table::Invocations, *p)?.is_empty() {
+                if !store.partition_is_empty(Table::Invocations, *p)? {
                     holding = Some(*p);
                     break;
                 }

@@ -57,6 +57,8 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> HttpResponse {
         .body(message.into())
 }
 
+// The error is the answer itself, built once per malformed request: its size does not matter.
+#[allow(clippy::result_large_err)]
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, HttpResponse> {
     rmp_serde::from_slice(body).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("malformed body: {e}")))
 }

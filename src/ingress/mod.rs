@@ -250,7 +250,16 @@ fn parse_delay(query: &str, send: bool) -> Result<Option<std::time::Duration>, A
         let n: u64 = digits
             .parse()
             .map_err(|_| ApiError::bad_request(format!("malformed delay {value:?}: use e.g. 10s, 500ms, 2m, 1h")))?;
-        delay = Some(std::time::Duration::from_millis(n.saturating_mul(unit_ms)));
+        let ms = n
+            .checked_mul(unit_ms)
+            .filter(|ms| *ms <= crate::journal::DELAY_MS_MAX)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "delay {value:?} is beyond the longest supported delay ({} days)",
+                    crate::journal::DELAY_MS_MAX / 86_400_000
+                ))
+            })?;
+        delay = Some(std::time::Duration::from_millis(ms));
     }
     Ok(delay)
 }

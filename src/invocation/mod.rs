@@ -189,6 +189,9 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
         running.waiting_on.clear();
         running.modified_at_ms = now_ms();
         let on_first_commit = |batch: &mut WriteBatch| batch.put_invocation(&id, &running);
+        let mut cancelled_running = running.clone();
+        cancelled_running.cancel_requested = true;
+        let on_cancel = |batch: &mut WriteBatch| batch.put_invocation(&id, &cancelled_running);
         let caller_message: Mutex<Option<(Vec<u8>, OutboxMessage)>> = Mutex::new(None);
         let on_output = |batch: &mut WriteBatch, output: &Output| {
             *caller_message.lock().expect("caller message lock") =
@@ -206,6 +209,7 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
             cancelled: record.cancel_requested,
             on_output: &on_output,
             on_first_commit: &on_first_commit,
+            on_cancel: &on_cancel,
         }
         .run()
         .await;
@@ -226,23 +230,22 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
                 finish(&node, inv, InvocationStatus::Failed, failure).await;
                 return DriveEnd::Finished;
             }
-            AttemptOutcome::Killed => {
-                finish(
-                    &node,
-                    inv,
-                    InvocationStatus::Killed,
-                    Failure {
-                        code: codes::KILLED,
-                        message: "killed".into(),
-                    },
-                )
-                .await;
+            AttemptOutcome::Killed(reply) => {
+                let failure = Failure {
+                    code: codes::KILLED,
+                    message: "killed".into(),
+                };
+                if finish(&node, inv, InvocationStatus::Killed, failure).await {
+                    let _ = reply.send(crate::invoker::ControlAnswer::Done);
+                }
                 return DriveEnd::Finished;
             }
-            AttemptOutcome::Suspended(waiting_on) => match suspend(&node, &mut inv, waiting_on).await {
-                Some(end) => return end,
-                None => {} // a completion landed meanwhile: go on with a fresh attempt
-            },
+            AttemptOutcome::Suspended(waiting_on) => {
+                // `None`: a completion landed meanwhile; go on with a fresh attempt.
+                if let Some(end) = suspend(&node, &mut inv, waiting_on).await {
+                    return end;
+                }
+            }
             AttemptOutcome::Retryable(_) if !node.cluster.owns(id.partition()) => {
                 // Its partition moved away mid-attempt (commits refused): the new owner replays it.
                 tracing::debug!(invocation_id = %id, "invocation.moved");
@@ -342,23 +345,34 @@ async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -
 }
 
 /// Ends `inv` for good with `failure` and `status` (durably), tells its waiters and its caller.
-async fn finish(node: &Arc<Node>, inv: Invocation, status: InvocationStatus, failure: Failure) {
+/// Returns whether this call wrote the end (not a concurrent `kill`, nor a failed commit).
+async fn finish(node: &Arc<Node>, inv: Invocation, status: InvocationStatus, failure: Failure) -> bool {
     tracing::warn!(invocation_id = %inv.id, code = failure.code, message = %failure.message, status = status.as_str(), "invocation.failed");
-    node.attempts.lock().expect("attempts lock").remove(&inv.id);
-    node.suspended.lock().expect("suspended lock").remove(&inv.id);
     let output = Output::Failure(failure);
-    let mut record = inv.record.clone();
-    if let Output::Failure(f) = &output {
-        record.last_error = Some(f.message.clone());
-    }
-    let mut batch = WriteBatch::new();
-    let message = finish_writes(node, &inv.id, &record, status, &output, &mut batch);
-    if let Err(e) = node.commit_retrying(batch).await {
-        tracing::error!(invocation_id = %inv.id, error = %e, "could not record the end of an invocation");
-        return;
-    }
+    let message = {
+        // Under the stripe lock, like every write of a record with no attempt running: a
+        // `kill` that got here first has written the end already.
+        let _guard = node.stripe(&inv.id).lock().await;
+        node.attempts.lock().expect("attempts lock").remove(&inv.id);
+        node.suspended.lock().expect("suspended lock").remove(&inv.id);
+        if node.killed.lock().expect("killed lock").remove(&inv.id) {
+            return false;
+        }
+        let mut record = inv.record.clone();
+        if let Output::Failure(f) = &output {
+            record.last_error = Some(f.message.clone());
+        }
+        let mut batch = WriteBatch::new();
+        let message = finish_writes(node, &inv.id, &record, status, &output, &mut batch);
+        if let Err(e) = node.commit_retrying(batch).await {
+            tracing::error!(invocation_id = %inv.id, error = %e, "could not record the end of an invocation");
+            return false;
+        }
+        message
+    };
     node.finished(inv.id, &output);
     if let Some((key, message)) = message {
         node.deliver(Some(key), message, false).await;
     }
+    true
 }

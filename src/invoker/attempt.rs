@@ -8,10 +8,12 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
 
 use super::effects::{AfterCommit, PendingCommit};
-use super::{error_chain, frame, http_client, Attempt, AttemptOutcome, AttemptSignal};
+use super::{error_chain, frame, http_client, Attempt, AttemptOutcome, AttemptSignal, ControlAnswer};
 use crate::journal::{check_sdk_entry, codes, CompletionResult, Entry, Failure, IndexedEntry};
+use crate::storage::{OutboxMessage, WriteBatch};
 
 #[derive(Serialize)]
 struct IndexedEntryRef<'e> {
@@ -81,7 +83,10 @@ impl Attempt<'_> {
     /// Runs the attempt to its end.
     pub async fn run(self) -> AttemptOutcome {
         let span = tracing::debug_span!("invoker.attempt", invocation_id = %self.id, service = %self.record.service, key = %self.record.key, epoch = self.epoch);
-        let _ = span.enter();
+        self.run_in_span().instrument(span).await
+    }
+
+    async fn run_in_span(self) -> AttemptOutcome {
         let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1024);
         send_frame(&tx, self.opening_frames());
         let url = format!(
@@ -126,6 +131,9 @@ impl Attempt<'_> {
         let mut output_sent = false;
         let mut suspend: Option<Vec<u32>> = None;
         let mut body_done = false;
+        // Messages go out in production order, from a task of their own, so that a slow or
+        // unreachable receiver never stops this loop from reading frames and signals.
+        let mut deliveries: Option<tokio::sync::mpsc::UnboundedSender<(Vec<u8>, OutboxMessage)>> = None;
         loop {
             if let Some(waiting_on) = suspend.as_ref().filter(|_| commits.is_empty()) {
                 return AttemptOutcome::Suspended(waiting_on.clone());
@@ -209,14 +217,20 @@ impl Attempt<'_> {
                         }
                         commits_sent += 1;
                         let commit = self.node.store.writer.commit(std::mem::take(&mut ready.batch));
-                        commits.push_back(async move { (commit.await, ready) });
+                        commits.push_back(settle(commit, ready));
                     }
                 }
                 Some((result, commit)) = commits.next() => {
                     if let Err(e) = result {
                         return AttemptOutcome::Retryable(format!("could not commit journal entries: {e}"));
                     }
-                    let PendingCommit { first_index, last_index, entries, effects, output, after, .. } = commit;
+                    let PendingCommit { first_index, last_index, entries, effects, output, after, on_durable, .. } = commit;
+                    if let Some(reply) = on_durable {
+                        let _ = reply.send(ControlAnswer::Done);
+                    }
+                    if entries.is_empty() {
+                        continue; // a record-only commit (a cancel request): nothing to ACK
+                    }
                     if let Some(state) = self.state.filter(|_| self.record.kind.is_exclusive()) {
                         state.apply(&effects);
                     }
@@ -231,8 +245,9 @@ impl Attempt<'_> {
                         match action {
                             // Delivered in order, before the next batch's messages: per-sender order.
                             AfterCommit::Deliver(key, message) => {
-                                    self.node.deliver(Some(key), message, false).await;
-                                }
+                                let queue = deliveries.get_or_insert_with(|| spawn_deliveries(self.node.clone()));
+                                let _ = queue.send((key, message));
+                            }
                             AfterCommit::ArmTimer(key, due, timer) => self.node.timers.register(key, due, timer),
                             // Journaled with its result already: only the SDK needs telling.
                             AfterCommit::Completed(index, result) => {
@@ -258,8 +273,23 @@ impl Attempt<'_> {
                     AttemptSignal::Completion { index, result } => {
                         early.insert(index, result);
                     }
-                    AttemptSignal::Cancel => send_frame(&tx, frame::encode(frame::CANCEL, &serde_json::Map::new())),
-                    AttemptSignal::Kill => return AttemptOutcome::Killed,
+                    // The output is submitted: the invocation ends with it; a cancel or kill is late.
+                    AttemptSignal::Cancel(reply) | AttemptSignal::Kill(reply) if output_sent => {
+                        let _ = reply.send(ControlAnswer::Finishing);
+                    }
+                    AttemptSignal::Cancel(reply) => {
+                        // Recorded after every commit already queued, so no later write of this
+                        // attempt can drop it; answered once durable.
+                        let mut batch = WriteBatch::new();
+                        (self.on_cancel)(&mut batch);
+                        let commit = self.node.store.writer.commit(batch);
+                        commits_sent += 1; // it writes the running record: later commits need not
+                        let mut marker = PendingCommit::empty(next_index);
+                        marker.on_durable = Some(reply);
+                        commits.push_back(settle(commit, marker));
+                        send_frame(&tx, frame::encode(frame::CANCEL, &serde_json::Map::new()));
+                    }
+                    AttemptSignal::Kill(reply) => return AttemptOutcome::Killed(reply),
                 },
                 _ = tokio::time::sleep(timeout) => {
                     return AttemptOutcome::Retryable(format!("SDK endpoint sent nothing for {timeout:?}"));
@@ -280,4 +310,26 @@ impl Attempt<'_> {
             }
         }
     }
+}
+
+/// Starts the task that delivers an attempt's messages one after another, in production order.
+/// Unbounded, but never longer than the attempt's journal: each message is one journaled entry.
+fn spawn_deliveries(
+    node: std::sync::Arc<crate::node::Node>,
+) -> tokio::sync::mpsc::UnboundedSender<(Vec<u8>, OutboxMessage)> {
+    let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, OutboxMessage)>();
+    actix_rt::spawn(async move {
+        while let Some((key, message)) = rx.recv().await {
+            node.deliver(Some(key), message, false).await;
+        }
+    });
+    queue
+}
+
+/// A commit in flight and what it carries, in one future type for the ordered queue.
+async fn settle<F>(commit: F, pending: PendingCommit) -> (Result<(), crate::storage::StorageError>, PendingCommit)
+where
+    F: std::future::Future<Output = Result<(), crate::storage::StorageError>>,
+{
+    (commit.await, pending)
 }

@@ -30,6 +30,8 @@ pub(super) struct PendingCommit {
     pub output: Option<Output>,
     pub batch: WriteBatch,
     pub after: Vec<AfterCommit>,
+    /// Answered once this commit is durable (a cancel recorded by the attempt).
+    pub on_durable: Option<tokio::sync::oneshot::Sender<super::ControlAnswer>>,
 }
 
 impl PendingCommit {
@@ -42,6 +44,7 @@ impl PendingCommit {
             output: None,
             batch: WriteBatch::new(),
             after: Vec::new(),
+            on_durable: None,
         }
     }
 }
@@ -152,7 +155,10 @@ impl Attempt<'_> {
                 delay_ms,
                 invocation_id,
             } => {
-                let not_before = delay_ms.filter(|d| *d > 0).map(|d| now_ms() + d);
+                let not_before = match delay_ms.filter(|d| *d > 0) {
+                    Some(d) => Some(crate::journal::due_at_ms(now_ms(), d)?),
+                    None => None,
+                };
                 let message = self.invoke_message(service, handler, key, value, None, not_before)?;
                 *invocation_id = Some(message.id);
                 pending

@@ -68,20 +68,30 @@ pub enum AttemptOutcome {
     Fatal(Failure),
     /// The SDK suspended, waiting on these entries; everything it sent is durable.
     Suspended(Vec<u32>),
-    /// An operator killed the invocation.
-    Killed,
+    /// An operator killed the invocation before its output was submitted; answer `reply` once
+    /// the end is durable.
+    Killed(tokio::sync::oneshot::Sender<ControlAnswer>),
+}
+
+/// How the owner of an invocation answered a cancel or a kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlAnswer {
+    /// Done: the cancel request, or the killed end, is durable.
+    Done,
+    /// The output was already on its way to disk: the invocation finishes normally.
+    Finishing,
 }
 
 /// What the rest of the node tells a running attempt.
 #[derive(Debug)]
 pub enum AttemptSignal {
     /// Entry `index` was completed (durably) with `result`.
-    Completion {
-        index: u32,
-        result: CompletionResult,
-    },
-    Cancel,
-    Kill,
+    Completion { index: u32, result: CompletionResult },
+    /// Cancel: the attempt records the request durably in its own commit order, tells the
+    /// SDK, and answers — or answers `Finishing` if its output is already submitted.
+    Cancel(tokio::sync::oneshot::Sender<ControlAnswer>),
+    /// Kill: the attempt stops at once — unless its output is already submitted (`Finishing`).
+    Kill(tokio::sync::oneshot::Sender<ControlAnswer>),
 }
 
 /// Capacity of an attempt's signal channel; a full channel is safe (see `Node::wake`).
@@ -106,6 +116,8 @@ pub struct Attempt<'a> {
     /// Adds the record of this attempt (status, attempt count) to the attempt's first batch, so
     /// an attempt that made progress is on disk at no extra fsync.
     pub on_first_commit: &'a (dyn Fn(&mut WriteBatch) + Sync),
+    /// Adds the record with `cancel_requested` set (a cancel arrived during the attempt).
+    pub on_cancel: &'a (dyn Fn(&mut WriteBatch) + Sync),
 }
 
 thread_local! {

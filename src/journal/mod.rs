@@ -79,6 +79,26 @@ pub mod codes {
     pub const PROTOCOL_VIOLATION: u16 = 571;
 }
 
+/// Longest delay of a delayed send (ten years): beyond it `now + delay` is refused, never
+/// wrapped around or clamped into "at once".
+pub const DELAY_MS_MAX: u64 = 10 * 365 * 24 * 3_600_000;
+
+/// When a message sent at `now_ms` with `delay_ms` becomes due; `Err` if the delay is out of range.
+pub fn due_at_ms(now_ms: u64, delay_ms: u64) -> Result<u64, Failure> {
+    if delay_ms > DELAY_MS_MAX {
+        return Err(Failure {
+            code: 400,
+            message: format!(
+                "delay of {delay_ms} ms is beyond the longest supported delay ({DELAY_MS_MAX} ms, ten years)"
+            ),
+        });
+    }
+    now_ms.checked_add(delay_ms).ok_or_else(|| Failure {
+        code: 400,
+        message: format!("delay of {delay_ms} ms overflows the clock"),
+    })
+}
+
 /// One journal entry. `kind` is the MessagePack tag; see the table in `docs/protocol.md`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -374,6 +394,21 @@ pub fn output_of(entry: &Entry) -> Option<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delays_beyond_range_are_refused_not_wrapped() {
+        let now = 1_700_000_000_000;
+        for (delay, due) in [
+            (0, Some(now)),
+            (10_000, Some(now + 10_000)),
+            (DELAY_MS_MAX, Some(now + DELAY_MS_MAX)),
+            (DELAY_MS_MAX + 1, None),
+            (u64::MAX, None),
+        ] {
+            assert_eq!(due_at_ms(now, delay).ok(), due, "delay {delay}");
+        }
+        assert!(due_at_ms(u64::MAX - 5, 10).is_err());
+    }
 
     fn at(index: u32, entry: Entry) -> IndexedEntry {
         IndexedEntry { index, entry }

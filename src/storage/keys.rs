@@ -120,6 +120,46 @@ pub fn timer_due(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(2..10)?.try_into().ok()?))
 }
 
+/// `unfinished` (index): `[partition u16][invocation id 16]`, empty value. One row per
+/// invocation whose record is not finished (scheduled ones included), so recovery reads live
+/// work only. The same bytes as the invocation's `invocations` key.
+pub fn unfinished(id: &InvocationId) -> Vec<u8> {
+    invocation(id)
+}
+
+/// Invocation id of an `unfinished` key.
+pub fn unfinished_id(key: &[u8]) -> Option<InvocationId> {
+    Some(InvocationId(key.get(2..18)?.try_into().ok()?))
+}
+
+/// `expiry` (index): `[partition u16][expires at ms u64][invocation id 16]`, empty value. One row
+/// per finished invocation with a retention deadline, so each partition's rows are ordered by
+/// deadline and the sweep reads only what has expired.
+pub fn expiry(id: &InvocationId, expires_at_ms: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(26);
+    k.extend_from_slice(&id.partition().to_be_bytes());
+    k.extend_from_slice(&expires_at_ms.to_be_bytes());
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// End (exclusive) of the `expiry` rows of `partition` that expire at or before `now_ms`.
+pub fn expiry_until(partition: u16, now_ms: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
+    k
+}
+
+/// Deadline and invocation id of an `expiry` key.
+pub fn split_expiry(key: &[u8]) -> Option<(u64, InvocationId)> {
+    if key.len() != 26 {
+        return None;
+    }
+    let at = u64::from_be_bytes(key[2..10].try_into().ok()?);
+    Some((at, InvocationId(key[10..26].try_into().ok()?)))
+}
+
 /// `promises`: object prefix, then the promise name.
 pub fn promise(object: &ObjectId, name: &str) -> Vec<u8> {
     state_entry(object, name)
@@ -141,6 +181,36 @@ mod tests {
         let (parsed, rest) = split_object_key(&key).unwrap();
         assert_eq!(parsed, object);
         assert_eq!(rest, 7u64.to_be_bytes());
+    }
+
+    #[test]
+    fn index_keys_start_with_the_partition() {
+        let id = InvocationId::new(0x0102_0304_0506_0708);
+        let p = id.partition().to_be_bytes();
+        assert!(unfinished(&id).starts_with(&p));
+        assert!(expiry(&id, 5).starts_with(&p));
+        assert_eq!(unfinished(&id).len(), 18);
+        assert_eq!(unfinished_id(&unfinished(&id)), Some(id));
+        assert_eq!(expiry(&id, 5).len(), 26);
+        assert_eq!(split_expiry(&expiry(&id, 5)), Some((5, id)));
+        // Layout is on-disk format: [partition][expires_at_ms BE][id].
+        let key = expiry(&id, 0x1122_3344_5566_7788);
+        assert_eq!(&key[2..10], &0x1122_3344_5566_7788u64.to_be_bytes());
+        assert_eq!(&key[10..], &id.0);
+    }
+
+    #[test]
+    fn expiry_ranges_select_only_what_has_expired() {
+        let id = InvocationId::new(3);
+        let p = id.partition();
+        let start = p.to_be_bytes().to_vec();
+        let in_range = |k: &Vec<u8>, now: u64| *k >= start && *k < expiry_until(p, now);
+        assert!(in_range(&expiry(&id, 100), 100));
+        assert!(in_range(&expiry(&id, 0), 100));
+        assert!(!in_range(&expiry(&id, 101), 100));
+        // Another partition's rows are outside.
+        let other = InvocationId::new(4);
+        assert!(!in_range(&expiry(&other, 0), u64::MAX - 1));
     }
 
     #[test]

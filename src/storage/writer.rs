@@ -27,11 +27,18 @@ pub enum Table {
     Promises,
     /// Cluster metadata (membership); not partitioned.
     Cluster,
+    /// Index: one row per unfinished invocation (derived from `Invocations`).
+    Unfinished,
+    /// Index: one row per finished invocation with a retention deadline, by deadline.
+    Expiry,
 }
 
 impl Table {
-    /// Every partitioned table, in the order a partition's rows are moved.
-    pub const PARTITIONED: [Table; 8] = [
+    /// Every partitioned table, in the order a partition's rows are moved. A position here is
+    /// the table's index in a hand-off's `ImportRequest` (node-to-node wire format): append new
+    /// tables, never reorder. The indexes are moved like any table, so a partition arrives with
+    /// them in step with its records.
+    pub const PARTITIONED: [Table; 10] = [
         Table::Invocations,
         Table::Journal,
         Table::State,
@@ -40,6 +47,8 @@ impl Table {
         Table::Outbox,
         Table::Timers,
         Table::Promises,
+        Table::Unfinished,
+        Table::Expiry,
     ];
 
     /// Keys start with the partition id (all tables but metadata).
@@ -76,14 +85,30 @@ impl WriteBatch {
     }
 
     /// Writes an invocation's record. The one way a record is written, so that the indexes
-    /// derived from it stay in step with it.
+    /// derived from it (`unfinished`, `expiry`) stay in step with it, in the same batch.
+    /// Within a batch (and a writer group) the last write of a key wins, so an unfinished put
+    /// followed by a finished one leaves no `unfinished` row.
     pub fn put_invocation(&mut self, id: &InvocationId, record: &InvocationRecord) {
         self.put(Table::Invocations, keys::invocation(id), super::encode(record));
+        let (unfinished, expiry) = index_rows(id, record);
+        match unfinished {
+            Some(key) => self.put(Table::Unfinished, key, Vec::new()),
+            None => self.delete(Table::Unfinished, keys::unfinished(id)),
+        }
+        // A finished record is written once; should one be rewritten with another deadline,
+        // the sweep drops the stale `expiry` row (it checks every row against its record).
+        if let Some(key) = expiry {
+            self.put(Table::Expiry, key, Vec::new());
+        }
     }
 
     /// Deletes a finished invocation's record (retention over), with its index rows.
-    pub fn delete_invocation(&mut self, id: &InvocationId, _record: &InvocationRecord) {
+    pub fn delete_invocation(&mut self, id: &InvocationId, record: &InvocationRecord) {
         self.delete(Table::Invocations, keys::invocation(id));
+        self.delete(Table::Unfinished, keys::unfinished(id));
+        if let Some(at) = record.expires_at_ms {
+            self.delete(Table::Expiry, keys::expiry(id, at));
+        }
     }
 
     /// A batch of a partition move (import or clean-up): passes the partition gate.
@@ -101,6 +126,16 @@ impl WriteBatch {
     /// Moves every write of `other` into this batch.
     pub fn append(&mut self, mut other: WriteBatch) {
         self.ops.append(&mut other.ops);
+    }
+}
+
+/// The index rows a record has: its `unfinished` key (if not finished) and its `expiry` key
+/// (if finished with a deadline). The one definition of the indexes (writes and migration).
+pub(super) fn index_rows(id: &InvocationId, record: &InvocationRecord) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    if record.status.is_finished() {
+        (None, record.expires_at_ms.map(|at| keys::expiry(id, at)))
+    } else {
+        (Some(keys::unfinished(id)), None)
     }
 }
 

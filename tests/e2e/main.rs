@@ -26,6 +26,9 @@ mod i3_sagas;
 mod i3_time;
 mod i3_twin;
 
+// The invocation core (issue 8): control racing completion, input ranges.
+mod j_control_races;
+
 // Cluster (docs/cluster.md): nodes behind a real nginx, join/leave and SIGKILL under load,
 // sagas across nodes, the web UI in a browser.
 mod i4_cluster_join_leave;
