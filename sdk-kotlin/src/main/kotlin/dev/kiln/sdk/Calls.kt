@@ -20,9 +20,11 @@ internal class HandlerTarget(
 ) {
     val qualifiedName: String get() = "$service/$handler"
 
-    fun encodeInput(input: Any?): ByteArray =
-        if (inputSerializer == null) ByteArray(0)
-        else KilnJson.encodeToString(inputSerializer, input).encodeToByteArray()
+    fun encodeInput(input: Any?): ByteArray = if (inputSerializer == null) {
+        ByteArray(0)
+    } else {
+        KilnJson.encodeToString(inputSerializer, input).encodeToByteArray()
+    }
 
     /** Checks that a key is given exactly when the target is keyed. */
     fun checkKey(key: String?) {
@@ -79,10 +81,19 @@ internal fun <T> decodePayload(serializer: KSerializer<T>, bytes: ByteArray): T 
 }
 
 internal fun <T> encodePayload(serializer: KSerializer<T>, value: T): ByteArray =
-    if (serializer.descriptor.serialName == "kotlin.Unit") ByteArray(0)
-    else KilnJson.encodeToString(serializer, value).encodeToByteArray()
+    if (serializer.descriptor.serialName == "kotlin.Unit") {
+        ByteArray(0)
+    } else {
+        KilnJson.encodeToString(serializer, value).encodeToByteArray()
+    }
 
-internal fun <O> callTyped(ctx: Context, handler: KFunction<*>, key: String?, input: Any?, hasInput: Boolean): DurableFuture<O> {
+internal fun <O> callTyped(
+    ctx: Context,
+    handler: KFunction<*>,
+    key: String?,
+    input: Any?,
+    hasInput: Boolean,
+): DurableFuture<O> {
     val target = HandlerTargets.of(handler)
     target.checkKey(key)
     checkInputArity(target, hasInput)
@@ -90,7 +101,14 @@ internal fun <O> callTyped(ctx: Context, handler: KFunction<*>, key: String?, in
     return inv.callTarget(target, key ?: "", target.encodeInput(input))
 }
 
-internal fun sendTyped(ctx: Context, handler: KFunction<*>, key: String?, input: Any?, hasInput: Boolean, delay: Duration) {
+internal fun sendTyped(
+    ctx: Context,
+    handler: KFunction<*>,
+    key: String?,
+    input: Any?,
+    hasInput: Boolean,
+    delay: Duration,
+) {
     val target = HandlerTargets.of(handler)
     target.checkKey(key)
     checkInputArity(target, hasInput)

@@ -22,8 +22,14 @@ internal object FrameType {
     const val CANCEL = 0x0008
 
     fun name(type: Int): String = when (type) {
-        START -> "START"; ENTRY -> "ENTRY"; ACK -> "ACK"; COMPLETION -> "COMPLETION"
-        END -> "END"; ERROR -> "ERROR"; SUSPEND -> "SUSPEND"; CANCEL -> "CANCEL"
+        START -> "START"
+        ENTRY -> "ENTRY"
+        ACK -> "ACK"
+        COMPLETION -> "COMPLETION"
+        END -> "END"
+        ERROR -> "ERROR"
+        SUSPEND -> "SUSPEND"
+        CANCEL -> "CANCEL"
         else -> "0x%04x".format(type)
     }
 }
@@ -38,6 +44,7 @@ internal class ProtocolException(message: String) : IOException(message)
 
 internal object FrameCodec {
     const val HEADER_BYTES = 8
+
     /** Largest body a frame may carry (protocol §2). */
     const val BODY_BYTES_MAX = 16 * 1024 * 1024
 
@@ -86,15 +93,23 @@ internal object FrameCodec {
         val flags = ((header[2].toInt() and 0xFF) shl 8) or (header[3].toInt() and 0xFF)
         val length = ((header[4].toLong() and 0xFF) shl 24) or ((header[5].toLong() and 0xFF) shl 16) or
             ((header[6].toLong() and 0xFF) shl 8) or (header[7].toLong() and 0xFF)
-        if (flags != 0) throw ProtocolException("frame ${FrameType.name(type)} has flags 0x%04x; v1 requires 0".format(flags))
+        if (flags != 0) {
+            throw ProtocolException("frame ${FrameType.name(type)} has flags 0x%04x; v1 requires 0".format(flags))
+        }
         if (length > BODY_BYTES_MAX) {
-            throw ProtocolException("frame ${FrameType.name(type)} announces $length bytes, more than the limit of $BODY_BYTES_MAX")
+            throw ProtocolException(
+                "frame ${FrameType.name(type)} announces $length bytes, more than the limit of $BODY_BYTES_MAX",
+            )
         }
         val body = ByteArray(length.toInt())
         var off = 0
         while (off < body.size) {
             val n = input.read(body, off, body.size - off)
-            if (n < 0) throw EOFException("stream ended inside a ${FrameType.name(type)} body ($off of ${body.size} bytes)")
+            if (n < 0) {
+                throw EOFException(
+                    "stream ended inside a ${FrameType.name(type)} body ($off of ${body.size} bytes)",
+                )
+            }
             off += n
         }
         return Frame(type, body)
@@ -122,12 +137,24 @@ internal object Msgpack {
             is Int -> p.packInt(v)
             is Long -> p.packLong(v)
             is Boolean -> p.packBoolean(v)
-            is ByteArray -> { p.packBinaryHeader(v.size); p.writePayload(v) }
-            is List<*> -> { p.packArrayHeader(v.size); v.forEach { writeValue(p, it) } }
-            is Set<*> -> { p.packArrayHeader(v.size); v.forEach { writeValue(p, it) } }
+            is ByteArray -> {
+                p.packBinaryHeader(v.size)
+                p.writePayload(v)
+            }
+            is List<*> -> {
+                p.packArrayHeader(v.size)
+                v.forEach { writeValue(p, it) }
+            }
+            is Set<*> -> {
+                p.packArrayHeader(v.size)
+                v.forEach { writeValue(p, it) }
+            }
             is Map<*, *> -> {
                 p.packMapHeader(v.size)
-                for ((k, value) in v) { p.packString(k as String); writeValue(p, value) }
+                for ((k, value) in v) {
+                    p.packString(k as String)
+                    writeValue(p, value)
+                }
             }
             else -> throw IllegalArgumentException("cannot encode ${v::class.java.name} as MessagePack")
         }
@@ -154,15 +181,27 @@ internal object Msgpack {
     private fun readValue(u: MessageUnpacker): Any? {
         val format = u.nextFormat
         return when (format.valueType) {
-            ValueType.NIL -> { u.unpackNil(); null }
+            ValueType.NIL -> {
+                u.unpackNil()
+                null
+            }
             ValueType.BOOLEAN -> u.unpackBoolean()
             ValueType.INTEGER ->
-                if (format == MessageFormat.UINT64) u.unpackBigInteger().toLong() // keeps u64 bits
-                else u.unpackLong()
+                if (format == MessageFormat.UINT64) {
+                    u.unpackBigInteger().toLong() // keeps u64 bits
+                } else {
+                    u.unpackLong()
+                }
             ValueType.FLOAT -> u.unpackDouble()
             ValueType.STRING -> u.unpackString()
-            ValueType.BINARY -> { val n = u.unpackBinaryHeader(); u.readPayload(n) }
-            ValueType.ARRAY -> { val n = u.unpackArrayHeader(); List(n) { readValue(u) } }
+            ValueType.BINARY -> {
+                val n = u.unpackBinaryHeader()
+                u.readPayload(n)
+            }
+            ValueType.ARRAY -> {
+                val n = u.unpackArrayHeader()
+                List(n) { readValue(u) }
+            }
             ValueType.MAP -> {
                 val n = u.unpackMapHeader()
                 val m = LinkedHashMap<String, Any?>(n * 2)
@@ -172,7 +211,11 @@ internal object Msgpack {
                 }
                 m
             }
-            ValueType.EXTENSION -> { val h = u.unpackExtensionTypeHeader(); u.readPayload(h.length); null }
+            ValueType.EXTENSION -> {
+                val h = u.unpackExtensionTypeHeader()
+                u.readPayload(h.length)
+                null
+            }
             null -> throw ProtocolException("unknown MessagePack format")
         }
     }
@@ -187,7 +230,8 @@ internal fun Map<String, Any?>.str(field: String): String? = when (val v = this[
     else -> throw ProtocolException("field '$field' must be a string, got ${v::class.simpleName}")
 }
 
-internal fun Map<String, Any?>.reqStr(field: String): String = str(field) ?: throw ProtocolException("missing field '$field'")
+internal fun Map<String, Any?>.reqStr(field: String): String =
+    str(field) ?: throw ProtocolException("missing field '$field'")
 
 internal fun Map<String, Any?>.long(field: String): Long? = when (val v = this[field]) {
     null -> null
@@ -201,7 +245,8 @@ internal fun Map<String, Any?>.bool(field: String): Boolean? = when (val v = thi
     else -> throw ProtocolException("field '$field' must be a bool, got ${v::class.simpleName}")
 }
 
-internal fun Map<String, Any?>.reqLong(field: String): Long = long(field) ?: throw ProtocolException("missing field '$field'")
+internal fun Map<String, Any?>.reqLong(field: String): Long =
+    long(field) ?: throw ProtocolException("missing field '$field'")
 
 /** A payload: `bin` per the protocol; a `str` is accepted as its UTF-8 bytes. */
 internal fun Map<String, Any?>.bytes(field: String): ByteArray? = when (val v = this[field]) {

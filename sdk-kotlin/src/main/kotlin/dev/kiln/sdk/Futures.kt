@@ -27,7 +27,8 @@ internal class AwakeableImpl<T>(
     index: Int,
     override val id: String,
     decodeValue: (ByteArray) -> T,
-) : FutureImpl<T>(invocation, index, decodeValue), Awakeable<T> {
+) : FutureImpl<T>(invocation, index, decodeValue),
+    Awakeable<T> {
     override fun toString(): String = "Awakeable($id)"
 }
 

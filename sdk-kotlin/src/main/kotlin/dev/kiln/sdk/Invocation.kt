@@ -20,8 +20,6 @@ import kotlinx.coroutines.launch
 import kotlinx.coroutines.withTimeoutOrNull
 import kotlinx.serialization.KSerializer
 import java.io.IOException
-import java.io.InputStream
-import java.io.OutputStream
 import java.util.concurrent.ConcurrentHashMap
 import java.util.concurrent.atomic.AtomicBoolean
 import kotlin.random.Random
@@ -67,15 +65,19 @@ internal class Invocation(
      */
     private val eventLock = Any()
     private val completions = HashMap<Int, EntryResult>()
+
     /** A cancellation was requested and has not surfaced in user code yet. */
     private var cancelRequested = false
+
     /** A cancellation surfaced (or will, when the replay reaches its `cancelled` entry): later CANCELs are ignored. */
     private var cancelSurfaced = false
+
     /** Bumped on every event an await may be waiting for (COMPLETION, CANCEL). */
     private val events = MutableStateFlow(0L)
 
     /** Set when END, ERROR or SUSPEND was sent (or decided), or the stream broke: nothing more is sent. */
     private val finished = AtomicBoolean(false)
+
     @Volatile private var streamEnded = false
     private var job: Job? = null
 
@@ -102,11 +104,13 @@ internal class Invocation(
         start = StartMessage.decode(first.body)
         if (start.service != handler.serviceName || start.handler != handler.name) {
             throw ProtocolException(
-                "START names ${start.service}/${start.handler} but this request is for ${handler.qualifiedName}"
+                "START names ${start.service}/${start.handler} but this request is for ${handler.qualifiedName}",
             )
         }
         knownEntries = start.knownEntries
-        if (knownEntries < 1) throw ProtocolException("known_entries is $knownEntries; the journal must hold at least the input")
+        if (knownEntries < 1) {
+            throw ProtocolException("known_entries is $knownEntries; the journal must hold at least the input")
+        }
         val entries = ArrayList<JournalEntry>(knownEntries)
         val early = ArrayList<Frame>()
         while (entries.size < knownEntries) {
@@ -123,7 +127,9 @@ internal class Invocation(
             if (e.index != i) throw ProtocolException("journal entry $i arrived with index ${e.index}")
             entries.add(e)
         }
-        if (entries[0].kind != EntryKind.INPUT) throw ProtocolException("journal entry 0 is '${entries[0].kind}', expected 'input'")
+        if (entries[0].kind != EntryKind.INPUT) {
+            throw ProtocolException("journal entry 0 is '${entries[0].kind}', expected 'input'")
+        }
         journal = entries
         state.putAll(start.state)
         ackedIndex = (knownEntries - 1).toLong()
@@ -174,7 +180,10 @@ internal class Invocation(
             val it = ackWaiters.iterator()
             while (it.hasNext()) {
                 val (i, d) = it.next()
-                if (i <= ackedIndex) { ready.add(d); it.remove() }
+                if (i <= ackedIndex) {
+                    ready.add(d)
+                    it.remove()
+                }
             }
         }
         ready.forEach { it.complete(Unit) }
@@ -188,7 +197,9 @@ internal class Invocation(
         } catch (e: InvocationAbortedError) {
             // the ERROR or SUSPEND frame is already sent
         } catch (e: TerminalException) {
-            try { complete(null, Failure(e.code, e.message ?: "")) } catch (_: InvocationAbortedError) {}
+            try {
+                complete(null, Failure(e.code, e.message ?: ""))
+            } catch (_: InvocationAbortedError) {}
         } catch (e: CancellationException) {
             if (!streamEnded && !finished.get()) fail(ErrorCode.RETRYABLE, describe(e), retryable = true)
         } catch (e: StreamClosedException) {
@@ -207,14 +218,18 @@ internal class Invocation(
             val replayed = matchJournal(EntryKind.OUTPUT, null)
             if (replayed == null) append(JournalEntry(nextIndex, EntryKind.OUTPUT, value = value, failure = failure))
             if (!finished.compareAndSet(false, true)) return
-            try { sink.send(FrameType.END, Bodies.EMPTY_MAP) } catch (_: IOException) {}
+            try {
+                sink.send(FrameType.END, Bodies.EMPTY_MAP)
+            } catch (_: IOException) {}
         }
     }
 
     /** Sends ERROR (once per attempt) and marks the attempt finished. */
     private fun fail(code: Int, message: String, retryable: Boolean, index: Int? = null) {
         if (!finished.compareAndSet(false, true)) return
-        try { sink.send(FrameType.ERROR, Bodies.error(code, message, retryable, index)) } catch (_: IOException) {}
+        try {
+            sink.send(FrameType.ERROR, Bodies.error(code, message, retryable, index))
+        } catch (_: IOException) {}
     }
 
     /** [fail] and stop user code. */
@@ -248,8 +263,10 @@ internal class Invocation(
         if (mismatch) {
             abort(
                 ErrorCode.JOURNAL_MISMATCH,
-                "journal mismatch at index $i: journal has ${e.describe()}, handler issued ${JournalEntry.describe(kind, name ?: target)}",
-                retryable = false, index = i,
+                "journal mismatch at index $i: journal has ${e.describe()}, " +
+                    "handler issued ${JournalEntry.describe(kind, name ?: target)}",
+                retryable = false,
+                index = i,
             )
         }
         nextIndex++
@@ -265,7 +282,8 @@ internal class Invocation(
                 ErrorCode.PROTOCOL_VIOLATION,
                 "entry ${entry.index} (${entry.describe()}) of ${handler.qualifiedName} is ${body.size} bytes, " +
                     "more than the frame limit of ${FrameCodec.BODY_BYTES_MAX} bytes",
-                retryable = false, index = entry.index,
+                retryable = false,
+                index = entry.index,
             )
         }
         try {
@@ -319,7 +337,10 @@ internal class Invocation(
     private fun surfaceReplayedCancellation() {
         if (nextIndex < knownEntries && journal[nextIndex].kind == EntryKind.CANCELLED) {
             nextIndex++
-            synchronized(eventLock) { cancelRequested = false; cancelSurfaced = true }
+            synchronized(eventLock) {
+                cancelRequested = false
+                cancelSurfaced = true
+            }
             throw TerminalException(ErrorCode.CANCELLED, CANCELLED_MESSAGE)
         }
     }
@@ -330,7 +351,10 @@ internal class Invocation(
             checkUsable()
             append(JournalEntry(nextIndex, EntryKind.CANCELLED))
         }
-        synchronized(eventLock) { cancelRequested = false; cancelSurfaced = true }
+        synchronized(eventLock) {
+            cancelRequested = false
+            cancelSurfaced = true
+        }
         throw TerminalException(ErrorCode.CANCELLED, CANCELLED_MESSAGE)
     }
 
@@ -341,7 +365,10 @@ internal class Invocation(
      * once), or when nothing arrived within `suspend_after_ms`.
      */
     private suspend fun waitUntil(waitingOn: List<Int>, cancellable: Boolean, ready: () -> Boolean) {
-        val processing = synchronized(commandLock) { checkUsable(); nextIndex >= knownEntries }
+        val processing = synchronized(commandLock) {
+            checkUsable()
+            nextIndex >= knownEntries
+        }
         val deadline = clock() + suspendAfterMs
         val cancelPending = { cancellable && processing && synchronized(eventLock) { cancelRequested } }
         while (true) {
@@ -361,7 +388,9 @@ internal class Invocation(
     private fun suspendInvocation(waitingOn: List<Int>): Nothing {
         synchronized(commandLock) {
             if (!finished.compareAndSet(false, true)) throw InvocationAbortedError("invocation attempt already ended")
-            try { sink.send(FrameType.SUSPEND, Bodies.suspend(waitingOn)) } catch (_: IOException) {}
+            try {
+                sink.send(FrameType.SUSPEND, Bodies.suspend(waitingOn))
+            } catch (_: IOException) {}
         }
         job?.cancel(CancellationException("invocation suspended"))
         throw InvocationAbortedError("invocation suspended, waiting on entries $waitingOn")
@@ -370,7 +399,10 @@ internal class Invocation(
     /** A user-visible await of [f]; suspending on [waitingOn] (which contains `f.index`). */
     internal suspend fun <T> awaitFuture(f: FutureImpl<T>, waitingOn: List<Int>): T {
         checkOwn(f)
-        synchronized(commandLock) { checkUsable(); surfaceReplayedCancellation() }
+        synchronized(commandLock) {
+            checkUsable()
+            surfaceReplayedCancellation()
+        }
         resultOf(f.index)?.let { return f.decode(it) }
         waitUntil(waitingOn, cancellable = true) { resultOf(f.index) != null }
         return f.decode(resultOf(f.index)!!)
@@ -403,9 +435,10 @@ internal class Invocation(
                 if (p < 0) {
                     abort(
                         ErrorCode.JOURNAL_MISMATCH,
-                        "journal mismatch at index ${replayed.index}: journal has select of entry ${replayed.winner}, " +
-                            "handler awaits any of entries $indices",
-                        retryable = false, index = replayed.index,
+                        "journal mismatch at index ${replayed.index}: " +
+                            "journal has select of entry ${replayed.winner}, handler awaits any of entries $indices",
+                        retryable = false,
+                        index = replayed.index,
                     )
                 }
                 return p
@@ -449,10 +482,19 @@ internal class Invocation(
         override suspend fun <T> run(name: String, serializer: KSerializer<T>, block: suspend () -> T): T =
             runStep(name, null, serializer, block)
 
-        override suspend fun <T> run(name: String, retryPolicy: RetryPolicy, serializer: KSerializer<T>, block: suspend () -> T): T =
-            runStep(name, retryPolicy, serializer, block)
+        override suspend fun <T> run(
+            name: String,
+            retryPolicy: RetryPolicy,
+            serializer: KSerializer<T>,
+            block: suspend () -> T,
+        ): T = runStep(name, retryPolicy, serializer, block)
 
-        private suspend fun <T> runStep(name: String, policy: RetryPolicy?, serializer: KSerializer<T>, block: suspend () -> T): T {
+        private suspend fun <T> runStep(
+            name: String,
+            policy: RetryPolicy?,
+            serializer: KSerializer<T>,
+            block: suspend () -> T,
+        ): T {
             val replayed = synchronized(commandLock) { matchJournal(EntryKind.RUN, name) }
             if (replayed != null) {
                 replayed.failure?.let { throw TerminalException(it.code, it.message) }
@@ -599,13 +641,27 @@ internal class Invocation(
         fun <O> callTarget(target: HandlerTarget, key: String, input: ByteArray): DurableFuture<O> =
             callEntry(target.service, target.handler, key, input) { decodeOutput(target, it) }
 
-        private fun <O> callEntry(service: String, handler: String, key: String, input: ByteArray, decode: (ByteArray) -> O): FutureImpl<O> =
-            synchronized(commandLock) {
-                val replayed = matchJournal(EntryKind.CALL, null, target = "$service/$handler")
-                val index = replayed?.index
-                    ?: append(JournalEntry(nextIndex, EntryKind.CALL, service = service, handler = handler, key = key, value = input))
-                FutureImpl(this@Invocation, index, decode)
-            }
+        private fun <O> callEntry(
+            service: String,
+            handler: String,
+            key: String,
+            input: ByteArray,
+            decode: (ByteArray) -> O,
+        ): FutureImpl<O> = synchronized(commandLock) {
+            val replayed = matchJournal(EntryKind.CALL, null, target = "$service/$handler")
+            val index = replayed?.index
+                ?: append(
+                    JournalEntry(
+                        nextIndex,
+                        EntryKind.CALL,
+                        service = service,
+                        handler = handler,
+                        key = key,
+                        value = input,
+                    ),
+                )
+            FutureImpl(this@Invocation, index, decode)
+        }
 
         override fun send(service: String, handler: String, key: String, input: ByteArray, delay: Duration) {
             require(!delay.isNegative()) { "send delay must not be negative: $delay" }
@@ -615,9 +671,14 @@ internal class Invocation(
                     val delayMs = delay.inWholeMilliseconds.takeIf { it > 0 }
                     append(
                         JournalEntry(
-                            nextIndex, EntryKind.SEND, service = service, handler = handler, key = key, value = input,
+                            nextIndex,
+                            EntryKind.SEND,
+                            service = service,
+                            handler = handler,
+                            key = key,
+                            value = input,
                             delayMs = delayMs,
-                        )
+                        ),
                     )
                 }
             }
@@ -644,7 +705,15 @@ internal class Invocation(
             synchronized(commandLock) {
                 val replayed = matchJournal(EntryKind.COMPLETE_AWAKEABLE, null)
                 if (replayed == null) {
-                    append(JournalEntry(nextIndex, EntryKind.COMPLETE_AWAKEABLE, id = id, value = value, failure = failure))
+                    append(
+                        JournalEntry(
+                            nextIndex,
+                            EntryKind.COMPLETE_AWAKEABLE,
+                            id = id,
+                            value = value,
+                            failure = failure,
+                        ),
+                    )
                 }
             }
         }
@@ -658,7 +727,8 @@ internal class Invocation(
             return PromiseImpl(name, serializer)
         }
 
-        private inner class PromiseImpl<T>(override val name: String, private val serializer: KSerializer<T>) : DurablePromise<T> {
+        private inner class PromiseImpl<T>(override val name: String, private val serializer: KSerializer<T>) :
+            DurablePromise<T> {
             override fun future(): DurableFuture<T> = synchronized(commandLock) {
                 val replayed = matchJournal(EntryKind.GET_PROMISE, name)
                 val index = replayed?.index ?: append(JournalEntry(nextIndex, EntryKind.GET_PROMISE, name))
@@ -690,7 +760,15 @@ internal class Invocation(
                 val index = synchronized(commandLock) {
                     val replayed = matchJournal(EntryKind.COMPLETE_PROMISE, name)
                     replayed?.index
-                        ?: append(JournalEntry(nextIndex, EntryKind.COMPLETE_PROMISE, name, value = value, failure = failure ?: null))
+                        ?: append(
+                            JournalEntry(
+                                nextIndex,
+                                EntryKind.COMPLETE_PROMISE,
+                                name,
+                                value = value,
+                                failure = failure,
+                            ),
+                        )
                 }
                 awaitUncancellable(index).failure?.let { throw TerminalException(it.code, it.message) }
             }
@@ -701,8 +779,11 @@ internal class Invocation(
 
     private suspend fun awaitAck(index: Int) {
         val waiter = synchronized(ackLock) {
-            if (ackedIndex >= index) null
-            else CompletableDeferred<Unit>().also { ackWaiters.add(index to it) }
+            if (ackedIndex >= index) {
+                null
+            } else {
+                CompletableDeferred<Unit>().also { ackWaiters.add(index to it) }
+            }
         }
         waiter?.await()
     }

@@ -132,11 +132,17 @@ private fun serve(
         val path = ex.requestURI.path
         when {
             path == "/discover" ->
-                if (ex.requestMethod == "GET") respond(ex, 200, "application/json", discovery)
-                else respondText(ex, 405, "use GET /discover")
+                if (ex.requestMethod == "GET") {
+                    respond(ex, 200, "application/json", discovery)
+                } else {
+                    respondText(ex, 405, "use GET /discover")
+                }
             path.startsWith("/invoke/") ->
-                if (ex.requestMethod == "POST") invoke(ex, path.removePrefix("/invoke/"), services, dispatcher)
-                else respondText(ex, 405, "use POST /invoke/{service}/{handler}")
+                if (ex.requestMethod == "POST") {
+                    invoke(ex, path.removePrefix("/invoke/"), services, dispatcher)
+                } else {
+                    respondText(ex, 405, "use POST /invoke/{service}/{handler}")
+                }
             else -> respondText(ex, 404, "not found: $path")
         }
     } catch (e: IOException) {

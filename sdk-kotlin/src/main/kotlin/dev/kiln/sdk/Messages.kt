@@ -59,12 +59,13 @@ internal class Failure(val code: Int, val message: String) {
     override fun toString(): String = "Failure($code, $message)"
 
     companion object {
-        fun fromMap(m: Map<String, Any?>): Failure =
-            Failure(m.reqLong("code").toInt(), m.str("message") ?: "")
+        fun fromMap(m: Map<String, Any?>): Failure = Failure(m.reqLong("code").toInt(), m.str("message") ?: "")
 
         fun fromField(m: Map<String, Any?>, field: String): Failure? = when (val f = m[field]) {
             null -> null
-            is Map<*, *> -> @Suppress("UNCHECKED_CAST") fromMap(f as Map<String, Any?>)
+            is Map<*, *> ->
+                @Suppress("UNCHECKED_CAST")
+                fromMap(f as Map<String, Any?>)
             else -> throw ProtocolException("'$field' must be a map")
         }
     }
@@ -95,7 +96,9 @@ internal class EntryResult(val value: ByteArray? = null, val failure: Failure? =
         /** `null` when the field is absent or nil (not completed). */
         fun fromField(m: Map<String, Any?>, field: String): EntryResult? = when (val r = m[field]) {
             null -> null
-            is Map<*, *> -> @Suppress("UNCHECKED_CAST") fromMap(r as Map<String, Any?>)
+            is Map<*, *> ->
+                @Suppress("UNCHECKED_CAST")
+                fromMap(r as Map<String, Any?>)
             else -> throw ProtocolException("'$field' must be a map")
         }
     }
@@ -264,8 +267,7 @@ internal object Bodies {
         return index.toInt() to (EntryResult.fromField(m, "result") ?: EntryResult.EMPTY)
     }
 
-    fun suspend(waitingOn: Collection<Int>): ByteArray =
-        Msgpack.encodeMap(mapOf("waiting_on" to waitingOn.sorted()))
+    fun suspend(waitingOn: Collection<Int>): ByteArray = Msgpack.encodeMap(mapOf("waiting_on" to waitingOn.sorted()))
 
     fun error(code: Int, message: String, retryable: Boolean, index: Int? = null): ByteArray {
         val m = LinkedHashMap<String, Any?>()

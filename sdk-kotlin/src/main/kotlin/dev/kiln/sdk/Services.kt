@@ -23,7 +23,10 @@ import kotlin.reflect.jvm.javaMethod
 internal val KilnJson: Json = Json { ignoreUnknownKeys = true }
 
 internal enum class ServiceKind(val wire: String) {
-    SERVICE("service"), VIRTUAL_OBJECT("virtual_object"), WORKFLOW("workflow");
+    SERVICE("service"),
+    VIRTUAL_OBJECT("virtual_object"),
+    WORKFLOW("workflow"),
+    ;
 
     /** Virtual objects and workflows are addressed by a key; stateless services are not. */
     val keyed: Boolean get() = this != SERVICE
@@ -64,15 +67,21 @@ internal class HandlerDefinition(
     suspend fun invoke(ctx: Context, input: ByteArray): ByteArray {
         val args: Array<Any?> = if (inputSerializer == null) arrayOf(ctx) else arrayOf(ctx, decodeInput(input))
         val result = callSuspend(args)
-        return if (outputSerializer == null) ByteArray(0)
-        else KilnJson.encodeToString(outputSerializer, result).encodeToByteArray()
+        return if (outputSerializer == null) {
+            ByteArray(0)
+        } else {
+            KilnJson.encodeToString(outputSerializer, result).encodeToByteArray()
+        }
     }
 
     private fun decodeInput(input: ByteArray): Any? {
         val ser = inputSerializer!!
         if (input.isEmpty()) {
             if (inputType!!.isMarkedNullable) return null
-            throw TerminalException(400, "handler $qualifiedName expects an input of type $inputType, got an empty body")
+            throw TerminalException(
+                400,
+                "handler $qualifiedName expects an input of type $inputType, got an empty body",
+            )
         }
         return try {
             KilnJson.decodeFromString(ser, input.decodeToString())
@@ -97,7 +106,11 @@ internal fun defineService(instance: Any): ServiceDefinition {
 
     val handlers = LinkedHashMap<String, HandlerDefinition>()
     val functions = cls.declaredMemberFunctions
-        .filter { it.findAnnotation<Handler>() != null || it.findAnnotation<Shared>() != null || it.findAnnotation<Workflow>() != null }
+        .filter {
+            it.findAnnotation<Handler>() != null ||
+                it.findAnnotation<Shared>() != null ||
+                it.findAnnotation<Workflow>() != null
+        }
         .sortedBy { it.name }
     for (f in functions) {
         val h = defineHandler(instance, serviceName, kind, f)
@@ -132,8 +145,11 @@ internal fun serviceIdentity(cls: KClass<*>): Pair<String, ServiceKind> {
 }
 
 /** A handler's name: `@Handler(name)` or `@Workflow(name)` when given, else the function's name. */
-internal fun handlerName(f: KFunction<*>): String =
-    (f.findAnnotation<Handler>()?.name?.takeIf { it.isNotEmpty() } ?: f.findAnnotation<Workflow>()?.name ?: "").ifEmpty { f.name }
+internal fun handlerName(f: KFunction<*>): String {
+    val explicit = f.findAnnotation<Handler>()?.name?.takeIf { it.isNotEmpty() }
+        ?: f.findAnnotation<Workflow>()?.name
+    return explicit.orEmpty().ifEmpty { f.name }
+}
 
 @Suppress("UNCHECKED_CAST")
 private fun defineHandler(instance: Any, serviceName: String, kind: ServiceKind, f: KFunction<*>): HandlerDefinition {
@@ -146,7 +162,9 @@ private fun defineHandler(instance: Any, serviceName: String, kind: ServiceKind,
     require(!(isSharedAnnotated && kind == ServiceKind.SERVICE)) {
         "$where: @Shared is only meaningful in a @VirtualObject or @Workflow (every handler of a service is shared)"
     }
-    require(!isRun || kind == ServiceKind.WORKFLOW) { "$where: @Workflow on a function marks the run handler of a @Workflow class" }
+    require(!isRun || kind == ServiceKind.WORKFLOW) {
+        "$where: @Workflow on a function marks the run handler of a @Workflow class"
+    }
     require(!(isRun && isSharedAnnotated)) { "$where: a workflow's run handler cannot be @Shared" }
     val handlerKind = when {
         isRun -> HandlerKind.WORKFLOW
@@ -160,7 +178,11 @@ private fun defineHandler(instance: Any, serviceName: String, kind: ServiceKind,
     val allowed: Set<KClass<*>> = when {
         kind == ServiceKind.SERVICE -> setOf(Context::class)
         handlerKind == HandlerKind.WORKFLOW -> setOf(
-            Context::class, SharedObjectContext::class, ObjectContext::class, SharedWorkflowContext::class, WorkflowContext::class,
+            Context::class,
+            SharedObjectContext::class,
+            ObjectContext::class,
+            SharedWorkflowContext::class,
+            WorkflowContext::class,
         )
         kind == ServiceKind.WORKFLOW -> setOf(Context::class, SharedObjectContext::class, SharedWorkflowContext::class)
         handlerKind == HandlerKind.SHARED -> setOf(Context::class, SharedObjectContext::class)
@@ -181,7 +203,9 @@ private fun defineHandler(instance: Any, serviceName: String, kind: ServiceKind,
             "$where: @Retry values must be -1 (runtime default) or non-negative"
         }
         RetryPolicySpec(
-            r.initialIntervalMs.takeIf { it >= 0 }, r.maxIntervalMs.takeIf { it >= 0 }, r.maxAttempts.takeIf { it >= 0 },
+            r.initialIntervalMs.takeIf { it >= 0 },
+            r.maxIntervalMs.takeIf { it >= 0 },
+            r.maxAttempts.takeIf { it >= 0 },
         ).takeIf { it.initialIntervalMs != null || it.maxIntervalMs != null || it.maxAttempts != null }
     }
     return HandlerDefinition(
@@ -193,25 +217,32 @@ private fun defineHandler(instance: Any, serviceName: String, kind: ServiceKind,
 internal fun serializerFor(type: KType, where: String): KSerializer<*> = try {
     serializer(type)
 } catch (e: Exception) {
-    throw IllegalArgumentException("$where: type $type is not serializable with kotlinx.serialization (${e.message})", e)
+    throw IllegalArgumentException(
+        "$where: type $type is not serializable with kotlinx.serialization (${e.message})",
+        e,
+    )
 }
 
 /** The `GET /discover` document (protocol §1). */
 internal fun discoveryJson(services: Collection<ServiceDefinition>): String = buildJsonObject {
     put("protocolVersion", 1)
     putJsonArray("services") {
-        for (s in services) addJsonObject {
-            put("name", s.name)
-            put("kind", s.kind.wire)
-            putJsonArray("handlers") {
-                for (h in s.handlers.values) addJsonObject {
-                    put("name", h.name)
-                    put("kind", h.kind.wire)
-                    h.retryPolicy?.let { r ->
-                        putJsonObject("retryPolicy") {
-                            r.initialIntervalMs?.let { put("initialIntervalMs", it) }
-                            r.maxIntervalMs?.let { put("maxIntervalMs", it) }
-                            r.maxAttempts?.let { put("maxAttempts", it) }
+        for (s in services) {
+            addJsonObject {
+                put("name", s.name)
+                put("kind", s.kind.wire)
+                putJsonArray("handlers") {
+                    for (h in s.handlers.values) {
+                        addJsonObject {
+                            put("name", h.name)
+                            put("kind", h.kind.wire)
+                            h.retryPolicy?.let { r ->
+                                putJsonObject("retryPolicy") {
+                                    r.initialIntervalMs?.let { put("initialIntervalMs", it) }
+                                    r.maxIntervalMs?.let { put("maxIntervalMs", it) }
+                                    r.maxAttempts?.let { put("maxAttempts", it) }
+                                }
+                            }
                         }
                     }
                 }

@@ -50,7 +50,9 @@ internal class StreamFrameSink(private val out: OutputStream) : FrameSink {
             if (closed) return
             closed = true
         }
-        try { out.close() } catch (_: IOException) {}
+        try {
+            out.close()
+        } catch (_: IOException) {}
     }
 }
 

@@ -1,5 +1,8 @@
 // The public API of the Kiln Kotlin SDK. Everything a handler author uses is in this file and in
-// KilnEndpoint.kt; every other declaration of the SDK is `internal`.
+// KilnEndpoint.kt; every other declaration of the SDK is `internal`. (The lower-case file name is
+// deliberate, hence the suppressed ktlint filename rule.)
+@file:Suppress("ktlint:standard:filename")
+
 package dev.kiln.sdk
 
 import kotlinx.serialization.KSerializer
@@ -132,7 +135,12 @@ public sealed interface Context {
      * message is thrown (also on every replay). A [TerminalException] from [block] is journaled at
      * once, without retrying.
      */
-    public suspend fun <T> run(name: String, retryPolicy: RetryPolicy, serializer: KSerializer<T>, block: suspend () -> T): T
+    public suspend fun <T> run(
+        name: String,
+        retryPolicy: RetryPolicy,
+        serializer: KSerializer<T>,
+        block: suspend () -> T,
+    ): T
 
     /**
      * A pseudo-random generator seeded from the invocation (`random_seed` of the protocol): it
@@ -244,7 +252,9 @@ public sealed interface SharedWorkflowContext : SharedObjectContext {
  * The context of a workflow's run handler (the function annotated [Workflow]): state reads and
  * writes ([ObjectContext]) plus durable promises ([SharedWorkflowContext]).
  */
-public sealed interface WorkflowContext : ObjectContext, SharedWorkflowContext
+public sealed interface WorkflowContext :
+    ObjectContext,
+    SharedWorkflowContext
 
 // ---------------------------------------------------------------------------------------------
 // Durable futures, awakeables, promises
@@ -358,8 +368,11 @@ public suspend fun <T> awaitFirst(vararg futures: DurableFuture<out T>): T = awa
  * @throws IllegalArgumentException if [handler] is not a handler of an annotated class, or
  *   targets a stateless service (call those without a key).
  */
-public fun <I, O> Context.call(handler: KSuspendFunction3<Nothing, Nothing, I, O>, key: String, input: I): DurableFuture<O> =
-    callTyped(this, handler, key, input, hasInput = true)
+public fun <I, O> Context.call(
+    handler: KSuspendFunction3<Nothing, Nothing, I, O>,
+    key: String,
+    input: I,
+): DurableFuture<O> = callTyped(this, handler, key, input, hasInput = true)
 
 /** Calls a handler without input of the virtual object or workflow instance [key]: `ctx.call(Counter::get, "my-key")`. */
 public fun <O> Context.call(handler: KSuspendFunction2<Nothing, Nothing, O>, key: String): DurableFuture<O> =
@@ -386,12 +399,18 @@ public fun <I> Context.send(
 ): Unit = sendTyped(this, handler, key, input, hasInput = true, delay)
 
 /** Sends a one-way message without input to [handler] of the instance [key]. */
-public fun Context.send(handler: KSuspendFunction2<Nothing, Nothing, *>, key: String, delay: Duration = Duration.ZERO): Unit =
-    sendTyped(this, handler, key, null, hasInput = false, delay)
+public fun Context.send(
+    handler: KSuspendFunction2<Nothing, Nothing, *>,
+    key: String,
+    delay: Duration = Duration.ZERO,
+): Unit = sendTyped(this, handler, key, null, hasInput = false, delay)
 
 /** Sends a one-way message with [input] to [handler] of a stateless service. */
-public fun <I> Context.send(handler: KSuspendFunction3<Nothing, Nothing, I, *>, input: I, delay: Duration = Duration.ZERO): Unit =
-    sendTyped(this, handler, null, input, hasInput = true, delay)
+public fun <I> Context.send(
+    handler: KSuspendFunction3<Nothing, Nothing, I, *>,
+    input: I,
+    delay: Duration = Duration.ZERO,
+): Unit = sendTyped(this, handler, null, input, hasInput = true, delay)
 
 /** Sends a one-way message without input to [handler] of a stateless service. */
 public fun Context.send(handler: KSuspendFunction2<Nothing, Nothing, *>, delay: Duration = Duration.ZERO): Unit =
@@ -401,8 +420,12 @@ public fun Context.send(handler: KSuspendFunction2<Nothing, Nothing, *>, delay: 
  * Untyped call whose output is decoded as [O]: `ctx.call<Long>("Counter", "add", "my-key", "5".toByteArray())`.
  * See [Context.call].
  */
-public inline fun <reified O> Context.call(service: String, handler: String, key: String, input: ByteArray): DurableFuture<O> =
-    call(service, handler, key, input, serializer<O>())
+public inline fun <reified O> Context.call(
+    service: String,
+    handler: String,
+    key: String,
+    input: ByteArray,
+): DurableFuture<O> = call(service, handler, key, input, serializer<O>())
 
 /**
  * Reified form of [Context.run]: `val id = ctx.run<String>("create-user") { api.create() }`.
@@ -429,7 +452,8 @@ public inline fun <reified T> Context.resolveAwakeable(id: String, value: T): Un
     resolveAwakeable(id, serializer<T>(), value)
 
 /** Reified form of [SharedWorkflowContext.promise]: `ctx.promise<String>("confirmed")`. */
-public inline fun <reified T> SharedWorkflowContext.promise(name: String): DurablePromise<T> = promise(name, serializer<T>())
+public inline fun <reified T> SharedWorkflowContext.promise(name: String): DurablePromise<T> =
+    promise(name, serializer<T>())
 
 /**
  * How [Context.run] retries its block in process: the delay before retry `n` (1-based) is

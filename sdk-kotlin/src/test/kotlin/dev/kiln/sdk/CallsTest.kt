@@ -84,6 +84,9 @@ class CallsTest {
 
     @Test
     fun `awakeable ids`() {
-        assertEquals("awk_0123456789abcdef0123456789abcdef0000000a", awakeableId("inv_0123456789abcdef0123456789abcdef", 10))
+        assertEquals(
+            "awk_0123456789abcdef0123456789abcdef0000000a",
+            awakeableId("inv_0123456789abcdef0123456789abcdef", 10),
+        )
     }
 }

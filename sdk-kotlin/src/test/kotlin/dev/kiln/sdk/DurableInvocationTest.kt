@@ -31,47 +31,52 @@ class DurableInvocationTest {
     // Calls and sends -----------------------------------------------------------------------------
 
     @Test
-    fun `call journals the entry and a COMPLETION delivers the callee's result`() = Transcript(Durable(), "callAdd").use { t ->
-        t.start()
-        t.input("5")
-        assertCall(t.nextEntry(), 1, "TestCounter", "add", "k", "5")
-        t.expectNoFrame(200)
-        t.completeWith(1, "12")
-        assertOutput(t.nextEntry(), 2, "12")
-        t.expectEnd()
-        t.ack(2)
-        t.finish()
-    }
+    fun `call journals the entry and a COMPLETION delivers the callee's result`() =
+        Transcript(Durable(), "callAdd").use { t ->
+            t.start()
+            t.input("5")
+            assertCall(t.nextEntry(), 1, "TestCounter", "add", "k", "5")
+            t.expectNoFrame(200)
+            t.completeWith(1, "12")
+            assertOutput(t.nextEntry(), 2, "12")
+            t.expectEnd()
+            t.ack(2)
+            t.finish()
+        }
 
     @Test
     fun `replayed call returns the journaled result without waiting`() = Transcript(Durable(), "callAdd").use { t ->
-        val call = JournalEntry(1, EntryKind.CALL, service = "TestCounter", handler = "add", key = "k", value = json("5"))
+        val call =
+            JournalEntry(1, EntryKind.CALL, service = "TestCounter", handler = "add", key = "k", value = json("5"))
         t.replay(listOf(input("5"), call.copy(result = value("40"))))
         assertOutput(t.nextEntry(), 2, "40")
         t.expectEnd()
     }
 
     @Test
-    fun `COMPLETION during replay completes an entry the journal has without a result`() = Transcript(Durable(), "callAdd").use { t ->
-        val call = JournalEntry(1, EntryKind.CALL, service = "TestCounter", handler = "add", key = "k", value = json("5"))
-        t.replay(listOf(input("5"), call))
-        t.expectNoFrame(200)
-        t.completeWith(1, "41")
-        assertOutput(t.nextEntry(), 2, "41")
-        t.expectEnd()
-    }
+    fun `COMPLETION during replay completes an entry the journal has without a result`() =
+        Transcript(Durable(), "callAdd").use { t ->
+            val call =
+                JournalEntry(1, EntryKind.CALL, service = "TestCounter", handler = "add", key = "k", value = json("5"))
+            t.replay(listOf(input("5"), call))
+            t.expectNoFrame(200)
+            t.completeWith(1, "41")
+            assertOutput(t.nextEntry(), 2, "41")
+            t.expectEnd()
+        }
 
     @Test
-    fun `calls without input and to services resolve names from annotations`() = Transcript(Durable(), "callGetAndSteps").use { t ->
-        t.start()
-        t.input(null)
-        assertCall(t.nextEntry(), 1, "TestCounter", "get", "k", "")
-        t.completeWith(1, "3")
-        assertCall(t.nextEntry(), 2, "Stepper", "threeStep", "", "\"x\"")
-        t.completeWith(2, "\"a b c\"")
-        assertOutput(t.nextEntry(), 3, "\"3 a b c\"")
-        t.expectEnd()
-    }
+    fun `calls without input and to services resolve names from annotations`() =
+        Transcript(Durable(), "callGetAndSteps").use { t ->
+            t.start()
+            t.input(null)
+            assertCall(t.nextEntry(), 1, "TestCounter", "get", "k", "")
+            t.completeWith(1, "3")
+            assertCall(t.nextEntry(), 2, "Stepper", "threeStep", "", "\"x\"")
+            t.completeWith(2, "\"a b c\"")
+            assertOutput(t.nextEntry(), 3, "\"3 a b c\"")
+            t.expectEnd()
+        }
 
     @Test
     fun `untyped call`() = Transcript(Durable(), "callUntyped").use { t ->
@@ -84,18 +89,20 @@ class DurableInvocationTest {
     }
 
     @Test
-    fun `terminal failure of a callee is thrown from await and can be caught`() = Transcript(Durable(), "callTeapot").use { t ->
-        t.start()
-        t.input("\"tea\"")
-        assertCall(t.nextEntry(), 1, "Stepper", "teapot", "", "\"tea\"")
-        t.completion(1, failure(418, "short and stout"))
-        assertOutput(t.nextEntry(), 2, "\"caught 418: short and stout\"")
-        t.expectEnd()
-    }
+    fun `terminal failure of a callee is thrown from await and can be caught`() =
+        Transcript(Durable(), "callTeapot").use { t ->
+            t.start()
+            t.input("\"tea\"")
+            assertCall(t.nextEntry(), 1, "Stepper", "teapot", "", "\"tea\"")
+            t.completion(1, failure(418, "short and stout"))
+            assertOutput(t.nextEntry(), 2, "\"caught 418: short and stout\"")
+            t.expectEnd()
+        }
 
     @Test
     fun `replay with a call to another target is a journal mismatch`() = Transcript(Durable(), "callAdd").use { t ->
-        val call = JournalEntry(1, EntryKind.CALL, service = "TestCounter", handler = "get", key = "k", value = json("5"))
+        val call =
+            JournalEntry(1, EntryKind.CALL, service = "TestCounter", handler = "get", key = "k", value = json("5"))
         t.replay(listOf(input("5"), call))
         val err = t.expectError()
         assertEquals(570L, err["code"])
@@ -117,7 +124,10 @@ class DurableInvocationTest {
         assertEquals("5", s1.value.text())
         assertEquals(10_000L, s1.delayMs)
         val s2 = t.nextEntry()
-        assertEquals(listOf("send", "TestCounter", "reset", "k", ""), listOf(s2.kind, s2.service, s2.handler, s2.key, s2.value.text()))
+        assertEquals(
+            listOf("send", "TestCounter", "reset", "k", ""),
+            listOf(s2.kind, s2.service, s2.handler, s2.key, s2.value.text()),
+        )
         assertNull(s2.delayMs)
         val s3 = t.nextEntry()
         assertEquals(listOf("send", "Stepper", "nothing", ""), listOf(s3.kind, s3.service, s3.handler, s3.key))
@@ -134,7 +144,10 @@ class DurableInvocationTest {
         t.input("60000")
         val sleep = t.nextEntry()
         assertEquals(EntryKind.SLEEP, sleep.kind)
-        assertTrue(sleep.wakeUpAtMs!! in before + 60_000..System.currentTimeMillis() + 60_000, "wake_up_at_ms ${sleep.wakeUpAtMs}")
+        assertTrue(
+            sleep.wakeUpAtMs!! in before + 60_000..System.currentTimeMillis() + 60_000,
+            "wake_up_at_ms ${sleep.wakeUpAtMs}",
+        )
         assertEquals(listOf(1L), t.expectSuspend(500))
         t.expectNoFrame(300)
         t.finish()
@@ -160,13 +173,14 @@ class DurableInvocationTest {
     }
 
     @Test
-    fun `replayed pending sleep whose wake-up is due waits for the COMPLETION`() = Transcript(Durable(), "nap").use { t ->
-        t.replay(listOf(input("60000"), JournalEntry(1, EntryKind.SLEEP, wakeUpAtMs = 1234)), suspendAfterMs = 5000)
-        t.expectNoFrame(200)
-        t.completion(1, EntryResult.EMPTY)
-        assertOutput(t.nextEntry(), 2, "\"slept\"")
-        t.expectEnd()
-    }
+    fun `replayed pending sleep whose wake-up is due waits for the COMPLETION`() =
+        Transcript(Durable(), "nap").use { t ->
+            t.replay(listOf(input("60000"), JournalEntry(1, EntryKind.SLEEP, wakeUpAtMs = 1234)), suspendAfterMs = 5000)
+            t.expectNoFrame(200)
+            t.completion(1, EntryResult.EMPTY)
+            assertOutput(t.nextEntry(), 2, "\"slept\"")
+            t.expectEnd()
+        }
 
     @Test
     fun `a completion arriving before suspend_after is used`() = Transcript(Durable(), "callAdd").use { t ->
@@ -180,17 +194,18 @@ class DurableInvocationTest {
     }
 
     @Test
-    fun `no completion within suspend_after suspends on the awaited index`() = Transcript(Durable(), "callAdd").use { t ->
-        t.start(suspendAfterMs = 200)
-        t.input("1")
-        assertCall(t.nextEntry(), 1, "TestCounter", "add", "k", "1")
-        val started = System.currentTimeMillis()
-        assertEquals(listOf(1L), t.expectSuspend())
-        assertTrue(System.currentTimeMillis() - started >= 150, "suspended too early")
-        t.completeWith(1, "2") // too late: the attempt is over
-        t.expectNoFrame(300)
-        t.finish()
-    }
+    fun `no completion within suspend_after suspends on the awaited index`() =
+        Transcript(Durable(), "callAdd").use { t ->
+            t.start(suspendAfterMs = 200)
+            t.input("1")
+            assertCall(t.nextEntry(), 1, "TestCounter", "add", "k", "1")
+            val started = System.currentTimeMillis()
+            assertEquals(listOf(1L), t.expectSuspend())
+            assertTrue(System.currentTimeMillis() - started >= 150, "suspended too early")
+            t.completeWith(1, "2") // too late: the attempt is over
+            t.expectNoFrame(300)
+            t.finish()
+        }
 
     // Awakeables ----------------------------------------------------------------------------------
 
@@ -216,7 +231,8 @@ class DurableInvocationTest {
     fun `rejected awakeable throws a TerminalException`() = Transcript(Durable(), "awake").use { t ->
         t.start(id = "inv_0123456789abcdef0123456789abcdef")
         t.input(null)
-        t.nextEntry(); t.nextEntry()
+        t.nextEntry()
+        t.nextEntry()
         t.ack(2)
         t.completion(1, failure(499, "nope"))
         val out = t.nextEntry()
@@ -230,7 +246,10 @@ class DurableInvocationTest {
         t.start()
         t.input("\"awk_x\"")
         val r = t.nextEntry()
-        assertEquals(listOf<Any?>("complete_awakeable", "awk_x", """{"a":"x","b":1}"""), listOf(r.kind, r.id, r.value.text()))
+        assertEquals(
+            listOf<Any?>("complete_awakeable", "awk_x", """{"a":"x","b":1}"""),
+            listOf(r.kind, r.id, r.value.text()),
+        )
         val f = t.nextEntry()
         assertEquals("complete_awakeable", f.kind)
         assertEquals("awk_x", f.id)
@@ -259,24 +278,26 @@ class DurableInvocationTest {
     }
 
     @Test
-    fun `replayed select returns the journaled winner even if another completed too`() = Transcript(Durable(), "race").use { t ->
-        t.replay(
-            listOf(
-                input(null),
-                JournalEntry(1, EntryKind.AWAKEABLE, result = value("\"a\"")),
-                JournalEntry(2, EntryKind.AWAKEABLE, result = value("\"b\"")),
-                JournalEntry(3, EntryKind.SELECT, winner = 2),
+    fun `replayed select returns the journaled winner even if another completed too`() =
+        Transcript(Durable(), "race").use { t ->
+            t.replay(
+                listOf(
+                    input(null),
+                    JournalEntry(1, EntryKind.AWAKEABLE, result = value("\"a\"")),
+                    JournalEntry(2, EntryKind.AWAKEABLE, result = value("\"b\"")),
+                    JournalEntry(3, EntryKind.SELECT, winner = 2),
+                ),
             )
-        )
-        assertOutput(t.nextEntry(), 4, "\"winner 1: b\"")
-        t.expectEnd()
-    }
+            assertOutput(t.nextEntry(), 4, "\"winner 1: b\"")
+            t.expectEnd()
+        }
 
     @Test
     fun `awaitAny suspends on all pending futures`() = Transcript(Durable(), "race").use { t ->
         t.start(suspendAfterMs = 100)
         t.input(null)
-        t.nextEntry(); t.nextEntry()
+        t.nextEntry()
+        t.nextEntry()
         assertEquals(listOf(1L, 2L), t.expectSuspend())
     }
 
@@ -285,20 +306,23 @@ class DurableInvocationTest {
         Transcript(Durable(), "all").use { t ->
             t.start(suspendAfterMs = 300)
             t.input(null)
-            t.nextEntry(); t.nextEntry()
+            t.nextEntry()
+            t.nextEntry()
             t.completeWith(2, "\"b\"")
             assertEquals(listOf(1L), t.expectSuspend())
         }
         Transcript(Durable(), "all").use { t ->
             t.start(suspendAfterMs = 300)
             t.input(null)
-            t.nextEntry(); t.nextEntry()
+            t.nextEntry()
+            t.nextEntry()
             assertEquals(listOf(1L, 2L), t.expectSuspend())
         }
         Transcript(Durable(), "all").use { t ->
             t.start()
             t.input(null)
-            t.nextEntry(); t.nextEntry()
+            t.nextEntry()
+            t.nextEntry()
             t.completeWith(2, "\"b\"")
             t.completeWith(1, "\"a\"")
             assertOutput(t.nextEntry(), 3, "\"a+b\"")
@@ -324,15 +348,17 @@ class DurableInvocationTest {
     }
 
     @Test
-    fun `await with a timeout returns the value when the future wins`() = Transcript(Durable(), "withTimeout").use { t ->
-        t.start()
-        t.input(null)
-        t.nextEntry(); t.nextEntry()
-        t.completeWith(1, "\"in time\"")
-        assertEquals(1, t.nextEntry().winner)
-        assertOutput(t.nextEntry(), 4, "\"in time\"")
-        t.expectEnd()
-    }
+    fun `await with a timeout returns the value when the future wins`() =
+        Transcript(Durable(), "withTimeout").use { t ->
+            t.start()
+            t.input(null)
+            t.nextEntry()
+            t.nextEntry()
+            t.completeWith(1, "\"in time\"")
+            assertEquals(1, t.nextEntry().winner)
+            assertOutput(t.nextEntry(), 4, "\"in time\"")
+            t.expectEnd()
+        }
 
     // Workflows and promises ----------------------------------------------------------------------
 
@@ -356,7 +382,10 @@ class DurableInvocationTest {
             t.start(key = "wf-1")
             t.input("\"c0de\"")
             val c = t.nextEntry()
-            assertEquals(listOf<Any?>("complete_promise", "confirmed", "\"c0de\""), listOf(c.kind, c.name, c.value.text()))
+            assertEquals(
+                listOf<Any?>("complete_promise", "confirmed", "\"c0de\""),
+                listOf(c.kind, c.name, c.value.text()),
+            )
             t.completion(1, EntryResult.EMPTY)
             assertOutput(t.nextEntry(), 2, "\"confirmed\"")
             t.expectEnd()
@@ -398,7 +427,13 @@ class DurableInvocationTest {
             }
         }
         Transcript(TestSignup(), "status").use { t ->
-            t.replay(listOf(input(null), JournalEntry(1, EntryKind.PEEK_PROMISE, "confirmed", result = failure(403, "refused"))), key = "wf-1")
+            t.replay(
+                listOf(
+                    input(null),
+                    JournalEntry(1, EntryKind.PEEK_PROMISE, "confirmed", result = failure(403, "refused")),
+                ),
+                key = "wf-1",
+            )
             val out = t.nextEntry()
             assertEquals(403, out.failure!!.code)
             t.expectEnd()
@@ -455,9 +490,14 @@ class DurableInvocationTest {
     fun `replayed cancelled entry throws at the same await, even if the call completed since`() {
         val svc = Durable()
         Transcript(svc, "compensate").use { t ->
-            val call = JournalEntry(1, EntryKind.CALL, service = "TestCounter", handler = "add", key = "k", value = json("1"))
+            val call =
+                JournalEntry(1, EntryKind.CALL, service = "TestCounter", handler = "add", key = "k", value = json("1"))
             t.replay(
-                listOf(input(null), call.copy(result = failure(409, "callee cancelled")), JournalEntry(2, EntryKind.CANCELLED)),
+                listOf(
+                    input(null),
+                    call.copy(result = failure(409, "callee cancelled")),
+                    JournalEntry(2, EntryKind.CANCELLED),
+                ),
                 cancelled = true,
             )
             val undo = t.nextEntry()
@@ -531,11 +571,16 @@ class DurableInvocationTest {
                 """{"protocolVersion":1,"services":[{"name":"TestSignup","kind":"workflow","handlers":[""" +
                     """{"name":"confirm","kind":"shared"},{"name":"refuse","kind":"shared"},""" +
                     """{"name":"run","kind":"workflow"},{"name":"status","kind":"shared"}]},""" +
-                    """{"name":"Durable","kind":"service","handlers":["""
+                    """{"name":"Durable","kind":"service","handlers":[""",
             ),
             json,
         )
-        assertTrue(json.contains("""{"name":"retried","kind":"shared","retryPolicy":{"initialIntervalMs":250,"maxAttempts":7}}"""), json)
+        assertTrue(
+            json.contains(
+                """{"name":"retried","kind":"shared","retryPolicy":{"initialIntervalMs":250,"maxAttempts":7}}""",
+            ),
+            json,
+        )
         assertTrue(json.contains("""{"name":"nap","kind":"shared"}"""), json)
     }
 }

@@ -32,7 +32,8 @@ class Durable {
     }
 
     @Handler
-    suspend fun callUntyped(ctx: Context): String = ctx.call<String>("Other", "h", "key1", "\"in\"".encodeToByteArray()).await()
+    suspend fun callUntyped(ctx: Context): String =
+        ctx.call<String>("Other", "h", "key1", "\"in\"".encodeToByteArray()).await()
 
     @Handler
     suspend fun sendLater(ctx: Context, n: Long): String {
@@ -93,7 +94,10 @@ class Durable {
         ctx.call(TestCounter::add, "k", 1L).await()
         "not cancelled"
     } catch (e: TerminalException) {
-        ctx.run("undo") { compensations.incrementAndGet(); "undone" }
+        ctx.run("undo") {
+            compensations.incrementAndGet()
+            "undone"
+        }
         throw TerminalException(e.code, "compensated after ${e.message}")
     }
 
@@ -130,8 +134,7 @@ class TestSignup {
     }
 
     @Handler
-    suspend fun status(ctx: SharedWorkflowContext): String =
-        ctx.promise<String>("confirmed").peek() ?: "pending"
+    suspend fun status(ctx: SharedWorkflowContext): String = ctx.promise<String>("confirmed").peek() ?: "pending"
 
     @Handler
     suspend fun refuse(ctx: SharedWorkflowContext): String {

@@ -19,11 +19,14 @@ class EndpointTest {
         val json = discoveryJson(listOf(defineService(TestCounter()), defineService(TestSteps())))
         assertEquals(
             """{"protocolVersion":1,"services":[""" +
-                """{"name":"TestCounter","kind":"virtual_object","handlers":[{"name":"add","kind":"exclusive"},""" +
-                """{"name":"get","kind":"shared"},{"name":"reset","kind":"exclusive"},{"name":"sneakySet","kind":"shared"}]},""" +
-                """{"name":"Stepper","kind":"service","handlers":[{"name":"boom","kind":"shared"},{"name":"failingStep","kind":"shared"},""" +
-                """{"name":"greet","kind":"shared"},{"name":"nothing","kind":"shared"},{"name":"randomStep","kind":"shared"},""" +
-                """{"name":"teapot","kind":"shared"},{"name":"threeStep","kind":"shared"}]}]}""",
+                """{"name":"TestCounter","kind":"virtual_object","handlers":[""" +
+                """{"name":"add","kind":"exclusive"},{"name":"get","kind":"shared"},""" +
+                """{"name":"reset","kind":"exclusive"},{"name":"sneakySet","kind":"shared"}]},""" +
+                """{"name":"Stepper","kind":"service","handlers":[""" +
+                """{"name":"boom","kind":"shared"},{"name":"failingStep","kind":"shared"},""" +
+                """{"name":"greet","kind":"shared"},{"name":"nothing","kind":"shared"},""" +
+                """{"name":"randomStep","kind":"shared"},{"name":"teapot","kind":"shared"},""" +
+                """{"name":"threeStep","kind":"shared"}]}]}""",
             json,
         )
     }
@@ -53,12 +56,17 @@ class EndpointTest {
         KilnEndpoint().bind(TestCounter()).start(port = 0).use { server ->
             val client = HttpClient.newHttpClient()
             val base = "http://127.0.0.1:${server.port}"
-            val d = client.send(HttpRequest.newBuilder(URI("$base/discover")).build(), HttpResponse.BodyHandlers.ofString())
+            val d = client.send(
+                HttpRequest.newBuilder(URI("$base/discover")).build(),
+                HttpResponse.BodyHandlers.ofString(),
+            )
             assertEquals(200, d.statusCode())
             assertEquals("application/json", d.headers().firstValue("content-type").get())
             assertEquals(discoveryJson(listOf(defineService(TestCounter()))), d.body())
             val nf = client.send(
-                HttpRequest.newBuilder(URI("$base/invoke/TestCounter/nope")).POST(HttpRequest.BodyPublishers.noBody()).build(),
+                HttpRequest.newBuilder(URI("$base/invoke/TestCounter/nope"))
+                    .POST(HttpRequest.BodyPublishers.noBody())
+                    .build(),
                 HttpResponse.BodyHandlers.ofString(),
             )
             assertEquals(404, nf.statusCode())
@@ -75,17 +83,24 @@ class EndpointTest {
                 socket.soTimeout = 5000
                 val out = socket.getOutputStream()
                 val input = BufferedInputStream(socket.getInputStream())
-                out.write(
-                    ("POST /invoke/Stepper/threeStep HTTP/1.1\r\nHost: x\r\ncontent-type: application/vnd.kiln.v1\r\n" +
-                        "transfer-encoding: chunked\r\n\r\n").encodeToByteArray()
-                )
+                val request = "POST /invoke/Stepper/threeStep HTTP/1.1\r\nHost: x\r\n" +
+                    "content-type: application/vnd.kiln.v1\r\ntransfer-encoding: chunked\r\n\r\n"
+                out.write(request.encodeToByteArray())
                 val start = StartMessage("inv-9", "Stepper", "threeStep", "", 1, 1, emptyMap(), 7)
                 chunk(out, FrameCodec.encode(FrameType.START, Msgpack.encodeMap(start.toMap())))
-                chunk(out, FrameCodec.encode(FrameType.ENTRY, JournalEntry(0, EntryKind.INPUT, value = json("\"h\"")).encode()))
+                chunk(
+                    out,
+                    FrameCodec.encode(
+                        FrameType.ENTRY,
+                        JournalEntry(0, EntryKind.INPUT, value = json("\"h\"")).encode(),
+                    ),
+                )
 
                 val status = readLine(input)
                 assertEquals("HTTP/1.1 200 OK", status)
-                val headers = generateSequence { readLine(input).takeIf { it.isNotEmpty() } }.toList().map { it.lowercase() }
+                val headers = generateSequence { readLine(input).takeIf { it.isNotEmpty() } }
+                    .map { it.lowercase() }
+                    .toList()
                 assertEquals(true, headers.contains("transfer-encoding: chunked"), "headers: $headers")
                 assertEquals(true, headers.contains("content-type: application/vnd.kiln.v1"), "headers: $headers")
 
@@ -139,13 +154,18 @@ class EndpointTest {
                 if (bytes.size >= 8) {
                     val len = java.nio.ByteBuffer.wrap(bytes, 4, 4).int
                     if (bytes.size >= 8 + len) {
-                        pending.reset(); pending.write(bytes, 8 + len, bytes.size - 8 - len)
+                        pending.reset()
+                        pending.write(bytes, 8 + len, bytes.size - 8 - len)
                         return FrameCodec.read(bytes.inputStream(0, 8 + len))
                     }
                 }
                 if (ended) return null
                 val size = readLine(input).substringBefore(';').trim().toInt(16)
-                if (size == 0) { readLine(input); ended = true; continue }
+                if (size == 0) {
+                    readLine(input)
+                    ended = true
+                    continue
+                }
                 pending.write(input.readNBytes(size))
                 readLine(input)
             }

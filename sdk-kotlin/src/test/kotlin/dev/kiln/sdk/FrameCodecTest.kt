@@ -26,7 +26,9 @@ class FrameCodecTest {
         val input = ByteArrayInputStream(out.toByteArray())
 
         val e = JournalEntry.decode(FrameCodec.read(input)!!.body)
-        assertEquals(7, e.index); assertEquals("run", e.kind); assertEquals("step", e.name)
+        assertEquals(7, e.index)
+        assertEquals("run", e.kind)
+        assertEquals("step", e.name)
         assertEquals("\"v\"", e.value!!.decodeToString())
         val end = FrameCodec.read(input)!!
         assertEquals(FrameType.END, end.type)
@@ -40,18 +42,32 @@ class FrameCodecTest {
     fun `START body round-trips, nil optional fields are accepted`() {
         val start = StartMessage("id", "Counter", "add", "k", 3, 2, mapOf("count" to "1".encodeToByteArray()), -5)
         val back = StartMessage.decode(Msgpack.encodeMap(start.toMap()))
-        assertEquals("Counter", back.service); assertEquals(2, back.knownEntries); assertEquals(-5, back.randomSeed)
+        assertEquals("Counter", back.service)
+        assertEquals(2, back.knownEntries)
+        assertEquals(-5, back.randomSeed)
         assertEquals("1", back.state["count"]!!.decodeToString())
         val sparse = StartMessage.decode(
-            Msgpack.encodeMap(mapOf("id" to "i", "service" to "S", "handler" to "h", "key" to null, "known_entries" to 1, "state" to null))
+            Msgpack.encodeMap(
+                mapOf(
+                    "id" to "i",
+                    "service" to "S",
+                    "handler" to "h",
+                    "key" to null,
+                    "known_entries" to 1,
+                    "state" to null,
+                ),
+            ),
         )
-        assertEquals("", sparse.key); assertEquals(0, sparse.state.size)
+        assertEquals("", sparse.key)
+        assertEquals(0, sparse.state.size)
     }
 
     @Test
     fun `u64 random seed keeps its bits`() {
         val packer = org.msgpack.core.MessagePack.newDefaultBufferPacker()
-        packer.packMapHeader(1); packer.packString("random_seed"); packer.packBigInteger(java.math.BigInteger("18446744073709551615"))
+        packer.packMapHeader(1)
+        packer.packString("random_seed")
+        packer.packBigInteger(java.math.BigInteger("18446744073709551615"))
         assertEquals(-1L, Msgpack.decodeMap(packer.toByteArray())["random_seed"])
     }
 
@@ -62,20 +78,27 @@ class FrameCodecTest {
         assertEquals(true, ex.message!!.contains("16777217"))
         // exactly 16 MiB is allowed
         val max = ByteArray(FrameCodec.HEADER_BYTES + FrameCodec.BODY_BYTES_MAX)
-        max[1] = 2; max[4] = 0x01
+        max[1] = 2
+        max[4] = 0x01
         assertEquals(FrameCodec.BODY_BYTES_MAX, FrameCodec.read(ByteArrayInputStream(max))!!.body.size)
     }
 
     @Test
     fun `a frame over 16 MiB is rejected on write`() {
-        assertThrows(ProtocolException::class.java) { FrameCodec.encode(FrameType.ENTRY, ByteArray(FrameCodec.BODY_BYTES_MAX + 1)) }
+        assertThrows(ProtocolException::class.java) {
+            FrameCodec.encode(FrameType.ENTRY, ByteArray(FrameCodec.BODY_BYTES_MAX + 1))
+        }
     }
 
     @Test
     fun `non-zero flags and truncated frames are errors`() {
-        assertThrows(ProtocolException::class.java) { FrameCodec.read(ByteArrayInputStream(byteArrayOf(0, 3, 0, 1, 0, 0, 0, 0))) }
+        assertThrows(ProtocolException::class.java) {
+            FrameCodec.read(ByteArrayInputStream(byteArrayOf(0, 3, 0, 1, 0, 0, 0, 0)))
+        }
         assertThrows(EOFException::class.java) { FrameCodec.read(ByteArrayInputStream(byteArrayOf(0, 3, 0))) }
-        assertThrows(EOFException::class.java) { FrameCodec.read(ByteArrayInputStream(byteArrayOf(0, 3, 0, 0, 0, 0, 0, 5, 1))) }
+        assertThrows(EOFException::class.java) {
+            FrameCodec.read(ByteArrayInputStream(byteArrayOf(0, 3, 0, 0, 0, 0, 0, 5, 1)))
+        }
     }
 
     @Test

@@ -68,7 +68,9 @@ class InvocationTest {
     fun `ACKs after END, beyond the last entry, are harmless`() = Transcript(TestCounter(), "add").use { t ->
         t.start()
         t.input("1")
-        t.nextEntry(); t.nextEntry(); t.nextEntry()
+        t.nextEntry()
+        t.nextEntry()
+        t.nextEntry()
         t.expectEnd()
         t.ack(10)
         t.finish()
@@ -79,7 +81,14 @@ class InvocationTest {
         val svc = TestSteps()
         Transcript(svc, "threeStep").use { t ->
             // values deliberately differ from what the blocks would compute
-            t.replay(listOf(input("\"x\""), run("step-1", "\"r1\"").at(1), run("step-2", "\"r2\"").at(2), run("step-3", "\"r3\"").at(3)))
+            t.replay(
+                listOf(
+                    input("\"x\""),
+                    run("step-1", "\"r1\"").at(1),
+                    run("step-2", "\"r2\"").at(2),
+                    run("step-3", "\"r3\"").at(3),
+                ),
+            )
             assertEntry(t.nextEntry(), 4, "output", null, "\"r1 r2 r3\"")
             t.expectEnd()
             t.finish()
@@ -111,7 +120,10 @@ class InvocationTest {
             assertEquals(570L, err["code"])
             assertEquals(false, err["retryable"])
             assertEquals(1L, err["index"])
-            assertEquals("journal mismatch at index 1: journal has run 'first', handler issued run 'step-1'", err["message"])
+            assertEquals(
+                "journal mismatch at index 1: journal has run 'first', handler issued run 'step-1'",
+                err["message"],
+            )
             t.expectNoFrame(200)
             t.finish()
         }
@@ -124,20 +136,27 @@ class InvocationTest {
         val err = t.expectError()
         assertEquals(570L, err["code"])
         assertEquals(false, err["retryable"])
-        assertEquals("journal mismatch at index 1: journal has run 'step', handler issued get_state 'count'", err["message"])
+        assertEquals(
+            "journal mismatch at index 1: journal has run 'step', handler issued get_state 'count'",
+            err["message"],
+        )
     }
 
     @Test
-    fun `journal with more entries than the handler issues is a mismatch`() = Transcript(TestSteps(), "threeStep").use { t ->
-        t.replay(
-            listOf(
-                input("\"x\""), run("step-1", "\"a\"").at(1), run("step-2", "\"b\"").at(2), run("step-3", "\"c\"").at(3),
-                run("step-4", "\"d\"").at(4),
+    fun `journal with more entries than the handler issues is a mismatch`() =
+        Transcript(TestSteps(), "threeStep").use { t ->
+            t.replay(
+                listOf(
+                    input("\"x\""),
+                    run("step-1", "\"a\"").at(1),
+                    run("step-2", "\"b\"").at(2),
+                    run("step-3", "\"c\"").at(3),
+                    run("step-4", "\"d\"").at(4),
+                ),
             )
-        )
-        val err = t.expectError()
-        assertEquals("journal mismatch at index 4: journal has run 'step-4', handler issued output", err["message"])
-    }
+            val err = t.expectError()
+            assertEquals("journal mismatch at index 4: journal has run 'step-4', handler issued output", err["message"])
+        }
 
     @Test
     fun `TerminalException from a handler becomes an output failure`() = Transcript(TestSteps(), "teapot").use { t ->
@@ -175,7 +194,9 @@ class InvocationTest {
     fun `replayed run failure is rethrown without running the block`() {
         val svc = TestSteps()
         Transcript(svc, "failingStep").use { t ->
-            t.replay(listOf(input("\"in\""), JournalEntry(1, EntryKind.RUN, "check", failure = Failure(409, "recorded"))))
+            t.replay(
+                listOf(input("\"in\""), JournalEntry(1, EntryKind.RUN, "check", failure = Failure(409, "recorded"))),
+            )
             val out = t.nextEntry()
             assertEquals(2, out.index)
             assertEquals(409, out.failure!!.code)

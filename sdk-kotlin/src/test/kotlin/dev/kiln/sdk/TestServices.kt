@@ -43,12 +43,19 @@ class TestSteps {
     val executions = AtomicInteger()
 
     @Handler(name = "threeStep")
-    suspend fun three(ctx: Context, input: String): String =
-        (1..3).map { k -> ctx.run("step-$k") { executions.incrementAndGet(); "$input-$k" } }.joinToString(" ")
+    suspend fun three(ctx: Context, input: String): String = (1..3).map { k ->
+        ctx.run("step-$k") {
+            executions.incrementAndGet()
+            "$input-$k"
+        }
+    }.joinToString(" ")
 
     @Handler
     suspend fun failingStep(ctx: Context, input: String): String = try {
-        ctx.run<String>("check") { executions.incrementAndGet(); throw TerminalException(422, "bad $input") }
+        ctx.run<String>("check") {
+            executions.incrementAndGet()
+            throw TerminalException(422, "bad $input")
+        }
     } catch (e: TerminalException) {
         throw TerminalException(e.code, "step failed: ${e.message}")
     }
@@ -56,7 +63,10 @@ class TestSteps {
     @Handler
     suspend fun randomStep(ctx: Context): Long {
         val r = ctx.random().nextLong()
-        val recorded = ctx.run("r") { executions.incrementAndGet(); r }
+        val recorded = ctx.run("r") {
+            executions.incrementAndGet()
+            r
+        }
         check(recorded == r) { "random differs from the recorded one: $r vs $recorded" }
         return ctx.random().nextLong()
     }

@@ -24,7 +24,10 @@ internal class Transcript(service: Any, handlerName: String) : AutoCloseable {
     private val pool = Executors.newCachedThreadPool { r -> Thread(r, "transcript-handler").apply { isDaemon = true } }
     private val thread = Thread({
         Invocation(handler, StreamFrameSource(input), StreamFrameSink(output), pool.asCoroutineDispatcher()).run()
-    }, "transcript-reader").apply { isDaemon = true; start() }
+    }, "transcript-reader").apply {
+        isDaemon = true
+        start()
+    }
 
     fun send(type: Int, body: ByteArray) = input.push(FrameCodec.encode(type, body))
 
@@ -40,7 +43,18 @@ internal class Transcript(service: Any, handlerName: String) : AutoCloseable {
     ) = send(
         FrameType.START,
         Msgpack.encodeMap(
-            StartMessage(id, definition.name, handler.name, key, epoch, knownEntries, state, seed, cancelled, suspendAfterMs).toMap()
+            StartMessage(
+                id,
+                definition.name,
+                handler.name,
+                key,
+                epoch,
+                knownEntries,
+                state,
+                seed,
+                cancelled,
+                suspendAfterMs,
+            ).toMap(),
         ),
     )
 
@@ -139,7 +153,10 @@ internal class QueueInputStream : InputStream() {
                 return n
             }
             val next = chunks.take()
-            if (next.isEmpty()) { ended = true; return -1 }
+            if (next.isEmpty()) {
+                ended = true
+                return -1
+            }
             current = next
             pos = 0
         }
@@ -160,10 +177,12 @@ internal class FrameCollector : OutputStream() {
         val stream = bytes.inputStream()
         var consumed = 0
         while (bytes.size - consumed >= FrameCodec.HEADER_BYTES) {
-            val length = ((bytes[consumed + 4].toInt() and 0xFF) shl 24) or ((bytes[consumed + 5].toInt() and 0xFF) shl 16) or
-                ((bytes[consumed + 6].toInt() and 0xFF) shl 8) or (bytes[consumed + 7].toInt() and 0xFF)
+            val length =
+                ((bytes[consumed + 4].toInt() and 0xFF) shl 24) or ((bytes[consumed + 5].toInt() and 0xFF) shl 16) or
+                    ((bytes[consumed + 6].toInt() and 0xFF) shl 8) or (bytes[consumed + 7].toInt() and 0xFF)
             if (bytes.size - consumed < FrameCodec.HEADER_BYTES + length) break
-            stream.reset(); stream.skip(consumed.toLong())
+            stream.reset()
+            stream.skip(consumed.toLong())
             frames.put(FrameCodec.read(stream)!!)
             consumed += FrameCodec.HEADER_BYTES + length
         }
