@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::core::control::{decide, Control, Decision, Stage};
 use crate::ids::InvocationId;
 use crate::invocation::{drive, Invocation};
 use tokio::sync::oneshot;
@@ -69,11 +70,20 @@ impl Node {
         });
     }
 
-    async fn unfinished(&self, id: InvocationId) -> Result<Invocation, ControlError> {
-        match load(self, id).await? {
-            None => Err(ControlError::NotFound(id)),
-            Some(inv) if inv.record.status.is_finished() => Err(ControlError::Finished(id)),
-            Some(inv) => Ok(inv),
+    /// Loads `id` with no attempt running and applies `core::control`'s rule for `control`:
+    /// the invocation, if the command applies to it.
+    async fn unfinished(&self, id: InvocationId, control: Control) -> Result<Invocation, ControlError> {
+        let inv = load(self, id).await?;
+        let stage = match &inv {
+            None => Stage::Unknown,
+            Some(inv) if inv.record.status.is_finished() => Stage::Finished,
+            Some(_) => Stage::Waiting,
+        };
+        match (decide(control, stage), inv) {
+            (Decision::NotFound, _) => Err(ControlError::NotFound(id)),
+            (Decision::TooLate, _) => Err(ControlError::Finished(id)),
+            (_, Some(inv)) => Ok(inv),
+            (_, None) => Err(ControlError::NotFound(id)),
         }
     }
 
@@ -113,7 +123,7 @@ impl Node {
                 None => {
                     // No attempt runs: every writer of this record holds the stripe lock, so the
                     // record read here is the latest.
-                    let mut inv = match self.unfinished(id).await {
+                    let mut inv = match self.unfinished(id, Control::Cancel).await {
                         Ok(inv) => inv,
                         Err(e) => {
                             self.cancel_requests.lock().expect("cancel lock").remove(&id);
@@ -171,7 +181,7 @@ impl Node {
                 };
             }
             // No attempt runs: the record read here is the latest (see `cancel`).
-            let inv = self.unfinished(id).await?;
+            let inv = self.unfinished(id, Control::Kill).await?;
             tracing::info!(invocation_id = %id, status = inv.record.status.as_str(), "invocation.kill");
             // Pending, scheduled, suspended or backing off: a driver or actor that still holds it
             // finds it in `killed` and stops without writing.

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod core;
 pub mod delivery;
 pub mod http_error;
 pub mod ids;

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::effects::{AfterCommit, PendingCommit};
 use super::{error_chain, frame, http_client, Attempt, AttemptOutcome, AttemptSignal, ControlAnswer};
+use crate::core::control;
 use crate::journal::{check_sdk_entry, codes, CompletionResult, Entry, Failure, IndexedEntry};
 use crate::storage::{OutboxMessage, WriteBatch};
 
@@ -273,8 +274,11 @@ impl Attempt<'_> {
                     AttemptSignal::Completion { index, result } => {
                         early.insert(index, result);
                     }
-                    // The output is submitted: the invocation ends with it; a cancel or kill is late.
-                    AttemptSignal::Cancel(reply) | AttemptSignal::Kill(reply) if output_sent => {
+                    // Once the output is submitted the invocation ends with it (`core::control`).
+                    AttemptSignal::Cancel(reply) if too_late(control::Control::Cancel, output_sent) => {
+                        let _ = reply.send(ControlAnswer::Finishing);
+                    }
+                    AttemptSignal::Kill(reply) if too_late(control::Control::Kill, output_sent) => {
                         let _ = reply.send(ControlAnswer::Finishing);
                     }
                     AttemptSignal::Cancel(reply) => {
@@ -310,6 +314,16 @@ impl Attempt<'_> {
             }
         }
     }
+}
+
+/// `core::control`'s rule, seen from the running attempt: is `command` too late?
+fn too_late(command: control::Control, output_sent: bool) -> bool {
+    let stage = if output_sent {
+        control::Stage::OutputSubmitted
+    } else {
+        control::Stage::Running
+    };
+    control::decide(command, stage) == control::Decision::TooLate
 }
 
 /// Starts the task that delivers an attempt's messages one after another, in production order.
