@@ -371,13 +371,21 @@ impl Node {
     /// outbox message, then timers, then unfinished invocations.
     pub(crate) async fn recover_partitions(
         self: &Arc<Self>,
-        owned: &(dyn Fn(u16) -> bool + Send + Sync),
+        owned: Arc<dyn Fn(u16) -> bool + Send + Sync>,
     ) -> Result<(), StorageError> {
-        let store = self.store.clone();
         // Read what is unfinished before redelivery creates more (those start on their own).
-        let unfinished = store.unfinished_invocations(owned)?;
-        let objects_with_inbox = store.objects_with_inbox(owned)?;
-        let outbox = store.outbox(owned)?;
+        // Scans block: they run on the blocking pool, never on an async thread.
+        let (unfinished, objects_with_inbox, outbox) = blocking(&self.store, {
+            let owned = owned.clone();
+            move |store| {
+                Ok((
+                    store.unfinished_invocations(&*owned)?,
+                    store.objects_with_inbox(&*owned)?,
+                    store.outbox(&*owned)?,
+                ))
+            }
+        })
+        .await?;
         let last_seq = outbox
             .iter()
             .filter_map(|(k, _)| k.get(2..10))
@@ -417,7 +425,8 @@ impl Node {
                 }
             });
         }
-        self.timers.load(&self.store, owned)?;
+        let node = self.clone();
+        blocking(&self.store, move |store| node.timers.load(store, &*owned)).await?;
         let mut resumed = 0usize;
         for object in objects_with_inbox {
             // Activation rebuilds the inbox queue and resumes its head.
@@ -431,7 +440,8 @@ impl Node {
             if record.kind.is_exclusive() {
                 continue; // resumed through its object's inbox
             }
-            let journal = self.store.journal(&id)?;
+            // Read after redelivery, which may have completed some of its entries.
+            let journal = blocking(&self.store, move |store| store.journal(&id)).await?;
             let invocation = Invocation { id, record, journal };
             if invocation.record.status == InvocationStatus::Suspended && !invocation.can_resume() {
                 self.suspended
@@ -539,6 +549,17 @@ impl Node {
     }
 }
 
+/// Runs `read` on the blocking pool (fjall reads block).
+async fn blocking<T: Send + 'static>(
+    store: &Store,
+    read: impl FnOnce(&Store) -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || read(&store))
+        .await
+        .map_err(|e| StorageError::Io(e.to_string()))?
+}
+
 /// Opens storage, recovers, and serves until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(data_dir = %config.data_dir.display(), node_id = %config.node_id, "node.opening");
@@ -566,7 +587,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         outbox_seq: AtomicU64::new(0),
     });
     let gate = node.store.gate.clone();
-    node.recover_partitions(&move |p| gate.owns(p)).await?;
+    node.recover_partitions(Arc::new(move |p| gate.owns(p))).await?;
     actix_rt::spawn(node.clone().sweep());
     actix_rt::spawn(node.clone().gossip());
     if let Some(seed) = config.join.clone().filter(|_| !node.cluster.is_member()) {

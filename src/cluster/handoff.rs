@@ -264,7 +264,7 @@ impl Node {
                 self.store.gate.set(*p, PartitionState::Owned);
             }
             let set: HashSet<u16> = moving.iter().copied().collect();
-            self.recover_partitions(&move |p| set.contains(&p)).await?;
+            self.recover_partitions(Arc::new(move |p| set.contains(&p))).await?;
             return Err(e);
         }
         self.adopt_membership(next.clone()).await?;

@@ -362,7 +362,7 @@ impl Node {
             }
             if !adopted.gained.is_empty() {
                 let gained = adopted.gained;
-                self.recover_partitions(&move |p| gained.binary_search(&p).is_ok())
+                self.recover_partitions(Arc::new(move |p| gained.binary_search(&p).is_ok()))
                     .await?;
             }
         }
