@@ -90,7 +90,7 @@ impl WriteBatch {
     /// followed by a finished one leaves no `unfinished` row.
     pub fn put_invocation(&mut self, id: &InvocationId, record: &InvocationRecord) {
         self.put(Table::Invocations, keys::invocation(id), super::encode(record));
-        let (unfinished, expiry) = index_rows(id, record);
+        let (unfinished, expiry) = super::indexes::index_rows(id, record);
         match unfinished {
             Some(key) => self.put(Table::Unfinished, key, Vec::new()),
             None => self.delete(Table::Unfinished, keys::unfinished(id)),
@@ -126,16 +126,6 @@ impl WriteBatch {
     /// Moves every write of `other` into this batch.
     pub fn append(&mut self, mut other: WriteBatch) {
         self.ops.append(&mut other.ops);
-    }
-}
-
-/// The index rows a record has: its `unfinished` key (if not finished) and its `expiry` key
-/// (if finished with a deadline). The one definition of the indexes (writes and migration).
-pub(super) fn index_rows(id: &InvocationId, record: &InvocationRecord) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
-    if record.status.is_finished() {
-        (None, record.expires_at_ms.map(|at| keys::expiry(id, at)))
-    } else {
-        (Some(keys::unfinished(id)), None)
     }
 }
 
