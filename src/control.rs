@@ -33,7 +33,7 @@ pub(crate) async fn load(node: &Node, id: InvocationId) -> Result<Option<Invocat
             return Ok(None);
         };
         let journal = store.journal(&id)?;
-        Ok(Some(Invocation { id, record, journal }))
+        Ok(Some(Invocation::new(id, record, journal)))
     })
     .await
     .map_err(|e| StorageError::Io(e.to_string()))?

@@ -407,7 +407,7 @@ impl Node {
             Ok(Ok(Some((mut record, journal)))) if record.status == InvocationStatus::Scheduled => {
                 record.status = InvocationStatus::Pending;
                 record.not_before_ms = None;
-                let invocation = Invocation { id, record, journal };
+                let invocation = Invocation::new(id, record, journal);
                 let _ = self.create_retrying(invocation, extra, "activation").await;
             }
             Ok(Ok(_)) => {

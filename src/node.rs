@@ -67,6 +67,10 @@ pub struct Request {
     /// Partition key of a stateless invocation without idempotency key (the ingress picks
     /// one this node serves); ignored otherwise.
     pub partition_key: Option<u64>,
+    /// The caller waits for the output (a call, not a send): the response is the only
+    /// acknowledgement, so without an idempotency key the creation may wait for the first
+    /// commit of the attempt (`Invocation::unwritten`).
+    pub awaits_output: bool,
 }
 
 /// How waiting for an invocation's output ended.
@@ -81,6 +85,10 @@ pub enum Waited {
 pub struct Submitted {
     pub id: InvocationId,
     pub existing: bool,
+    /// For an invocation created unwritten: its output, subscribed before it could finish
+    /// (storage does not know it yet). Dropped if it is lost before any write (its partition
+    /// moved, the node stopped) — nothing of it is durable then.
+    pub output: Option<oneshot::Receiver<Output>>,
 }
 
 /// A new invocation plus writes that must commit with its creation (e.g. deleting the outbox
@@ -136,6 +144,7 @@ impl InvokeMessage {
                 not_before_ms: self.not_before_ms.filter(|_| scheduled),
             },
             journal: vec![Entry::Input { value: self.input }],
+            unwritten: false,
         }
     }
 }
@@ -192,17 +201,29 @@ impl Node {
             not_before_ms: request.delay.map(|d| now_ms().saturating_add(d.as_millis() as u64)),
             idempotency_key: request.idempotency_key,
         };
-        let invocation = message.into_invocation();
+        let mut invocation = message.into_invocation();
         let dedup_row = invocation.idempotency_row();
         if dedup_row.is_none() && request.kind != HandlerKind::Workflow {
-            return self
+            // Nothing else can find it before it is written (no key to look it up by).
+            invocation.unwritten = request.awaits_output;
+            let output = invocation.unwritten.then(|| self.waiters.subscribe(id));
+            let created = self
                 .create(Creation {
                     invocation,
                     extra: WriteBatch::new(),
                     admitted: false,
                 })
-                .await
-                .map(|()| Submitted { id, existing: false });
+                .await;
+            if let Err(e) = created {
+                drop(output);
+                self.waiters.prune(id);
+                return Err(e);
+            }
+            return Ok(Submitted {
+                id,
+                existing: false,
+                output,
+            });
         }
         // Duplicates of one idempotency key (or workflow key) meet on one stripe: the look-up and
         // the creation are atomic for them, and unrelated keys do not wait (the delivery of a
@@ -226,6 +247,7 @@ impl Node {
             return Ok(Submitted {
                 id: existing,
                 existing: true,
+                output: None,
             });
         }
         // Holding the gate until the creation batch is durable makes the next look-up see it.
@@ -235,7 +257,11 @@ impl Node {
             admitted: false,
         })
         .await
-        .map(|()| Submitted { id, existing: false })
+        .map(|()| Submitted {
+            id,
+            existing: false,
+            output: None,
+        })
     }
 
     /// Persists a new invocation (with `extra`) and starts it — or, if it is scheduled for
@@ -263,7 +289,10 @@ impl Node {
             self.inflight.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::TooManyInvocations);
         }
-        let result = if invocation.record.kind == HandlerKind::Stateless {
+        let result = if invocation.record.kind == HandlerKind::Stateless && invocation.unwritten {
+            actix_rt::spawn(drive(self.clone(), invocation, None));
+            Ok(())
+        } else if invocation.record.kind == HandlerKind::Stateless {
             let mut batch = invocation.creation_batch();
             batch.append(extra);
             match self.store.writer.commit(batch).await {
@@ -442,7 +471,7 @@ impl Node {
             }
             // Read after redelivery, which may have completed some of its entries.
             let journal = blocking(&self.store, move |store| store.journal(&id)).await?;
-            let invocation = Invocation { id, record, journal };
+            let invocation = Invocation::new(id, record, journal);
             if invocation.record.status == InvocationStatus::Suspended && !invocation.can_resume() {
                 self.suspended
                     .lock()
@@ -523,11 +552,7 @@ impl Node {
                         continue; // moved away since the scan
                     }
                     batch.delete_invocation(&id, &record);
-                    let inv = Invocation {
-                        id,
-                        record,
-                        journal: vec![],
-                    };
+                    let inv = Invocation::new(id, record, vec![]);
                     if let Some(row) = inv.idempotency_row() {
                         batch.delete(Table::Idempotency, row);
                     }

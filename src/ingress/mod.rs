@@ -189,8 +189,9 @@ async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) 
         idempotency_key,
         delay,
         partition_key: Some(partition_key),
+        awaits_output: !send,
     });
-    let submitted = loop {
+    loop {
         let body = &request.as_ref().expect("kept while it may be routed again").input;
         if let Some(answer) = forward::route(&node, &req, body, partition_of(partition_key), Listener::Ingress).await {
             return Ok(answer);
@@ -202,24 +203,45 @@ async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) 
         } else {
             request.take()
         };
-        match node.submit(attempt.expect("present")).await {
+        let submitted = match node.submit(attempt.expect("present")).await {
             Err(crate::object::SubmitError::Storage(crate::storage::StorageError::NotOwner(_)))
                 if request.is_some() =>
             {
                 continue
             }
-            other => break other?,
-        }
-    };
-    if send {
-        let status = if submitted.existing {
-            "PreviouslyAccepted"
-        } else {
-            "Accepted"
+            other => other?,
         };
-        return Ok(HttpResponse::Accepted().json(json!({ "invocationId": submitted.id.to_string(), "status": status })));
+        if send {
+            let status = if submitted.existing {
+                "PreviouslyAccepted"
+            } else {
+                "Accepted"
+            };
+            return Ok(
+                HttpResponse::Accepted().json(json!({ "invocationId": submitted.id.to_string(), "status": status }))
+            );
+        }
+        let Some(output) = submitted.output else {
+            return wait_for(&node, submitted.id).await;
+        };
+        // Created unwritten: storage does not know it until its first commit.
+        match output.await {
+            Ok(output) => return Ok(output_response(submitted.id, &output)),
+            // Dropped: written and then moved with its partition (wait at the new owner), or
+            // lost before its first write — its partition moved, the node is stopping — when
+            // nothing of it is durable and submitting it again is safe.
+            Err(_) => match forward::wait_output(&node, submitted.id).await? {
+                Some(output) => return Ok(output_response(submitted.id, &output)),
+                None if request.is_some() => continue,
+                None => {
+                    return Err(ApiError::unavailable(format!(
+                        "invocation {} was interrupted before it started; nothing of it was recorded, retry",
+                        submitted.id
+                    )))
+                }
+            },
+        }
     }
-    wait_for(&node, submitted.id).await
 }
 
 async fn wait_for(node: &Arc<Node>, id: InvocationId) -> Result<HttpResponse, ApiError> {

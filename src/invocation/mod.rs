@@ -26,6 +26,11 @@ pub struct Invocation {
     pub id: InvocationId,
     pub record: InvocationRecord,
     pub journal: Vec<Entry>,
+    /// Its creation is not on disk yet. Only an ingress call without idempotency key is
+    /// created this way: its response is its only acknowledgement, so its creation can wait
+    /// for the first commit of its first attempt and share that fdatasync. Whatever writes the
+    /// record first writes the creation with it (`Invocation::written_with`).
+    pub unwritten: bool,
 }
 
 /// How `drive` returned.
@@ -40,6 +45,25 @@ pub enum DriveEnd {
 }
 
 impl Invocation {
+    /// An invocation read back from storage (or about to be created there).
+    pub fn new(id: InvocationId, record: InvocationRecord, journal: Vec<Entry>) -> Self {
+        Self {
+            id,
+            record,
+            journal,
+            unwritten: false,
+        }
+    }
+
+    /// Adds its creation to `batch` if it is not on disk yet, ahead of the batch's own writes
+    /// (the last write of a key in a batch wins, so a later record or inbox delete overrides).
+    fn written_with(creation: &Mutex<Option<WriteBatch>>, batch: &mut WriteBatch) {
+        if let Some(creation) = creation.lock().expect("creation lock").take() {
+            let own = std::mem::replace(batch, creation);
+            batch.append(own);
+        }
+    }
+
     pub fn object(&self) -> ObjectId {
         ObjectId::new(&self.record.service, &self.record.key)
     }
@@ -76,6 +100,16 @@ impl Invocation {
             batch.put(Table::Inbox, keys::inbox_entry(&self.object(), seq), encode(&self.id));
         }
         batch
+    }
+
+    /// Its creation if it is not on disk yet, else an empty batch: the start of the batch of
+    /// whichever write of its record comes first.
+    fn unwritten_creation(&self) -> WriteBatch {
+        if self.unwritten {
+            self.creation_batch()
+        } else {
+            WriteBatch::new()
+        }
     }
 
     /// A suspended invocation may run again once one of the entries it waits on is completed.
@@ -188,10 +222,18 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
         running.status = InvocationStatus::Running;
         running.waiting_on.clear();
         running.modified_at_ms = now_ms();
-        let on_first_commit = |batch: &mut WriteBatch| batch.put_invocation(&id, &running);
+        // Whichever of the attempt's record writes comes first carries an unwritten creation.
+        let creation = Mutex::new(inv.unwritten.then(|| inv.creation_batch()));
+        let on_first_commit = |batch: &mut WriteBatch| {
+            Invocation::written_with(&creation, batch);
+            batch.put_invocation(&id, &running)
+        };
         let mut cancelled_running = running.clone();
         cancelled_running.cancel_requested = true;
-        let on_cancel = |batch: &mut WriteBatch| batch.put_invocation(&id, &cancelled_running);
+        let on_cancel = |batch: &mut WriteBatch| {
+            Invocation::written_with(&creation, batch);
+            batch.put_invocation(&id, &cancelled_running)
+        };
         let caller_message: Mutex<Option<(Vec<u8>, OutboxMessage)>> = Mutex::new(None);
         let on_output = |batch: &mut WriteBatch, output: &Output| {
             *caller_message.lock().expect("caller message lock") =
@@ -213,6 +255,7 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
         }
         .run()
         .await;
+        inv.unwritten = creation.lock().expect("creation lock").is_some();
         if !matches!(outcome, AttemptOutcome::Suspended(_)) {
             node.attempts.lock().expect("attempts lock").remove(&id);
         }
@@ -292,10 +335,11 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
                     if node.killed.lock().expect("killed lock").remove(&id) {
                         return DriveEnd::Finished;
                     }
-                    let mut batch = WriteBatch::new();
+                    let mut batch = inv.unwritten_creation();
                     batch.put_invocation(&id, &inv.record);
-                    if let Err(e) = node.commit_retrying(batch).await {
-                        tracing::warn!(error = %e, "could not record the failed attempt");
+                    match node.commit_retrying(batch).await {
+                        Ok(()) => inv.unwritten = false,
+                        Err(e) => tracing::warn!(error = %e, "could not record the failed attempt"),
                     }
                 }
                 tokio::time::sleep(delay).await;
@@ -313,10 +357,13 @@ async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -
     if node.killed.lock().expect("killed lock").remove(&id) {
         return Some(DriveEnd::Finished);
     }
-    match crate::control::load(node, id).await {
-        Ok(Some(fresh)) => inv.journal = fresh.journal,
-        Ok(None) => return Some(DriveEnd::Finished),
-        Err(e) => tracing::warn!(invocation_id = %id, error = %e, "cannot refresh journal"),
+    // Unwritten, nothing can have completed one of its entries: none of them is stored.
+    if !inv.unwritten {
+        match crate::control::load(node, id).await {
+            Ok(Some(fresh)) => inv.journal = fresh.journal,
+            Ok(None) => return Some(DriveEnd::Finished),
+            Err(e) => tracing::warn!(invocation_id = %id, error = %e, "cannot refresh journal"),
+        }
     }
     inv.record.waiting_on = waiting_on.clone();
     inv.record.cancel_requested |= node.cancel_requests.lock().expect("cancel lock").contains(&id);
@@ -325,10 +372,11 @@ async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -
     }
     inv.record.status = InvocationStatus::Suspended;
     inv.record.modified_at_ms = now_ms();
-    let mut batch = WriteBatch::new();
+    let mut batch = inv.unwritten_creation();
     batch.put_invocation(&id, &inv.record);
-    if let Err(e) = node.commit_retrying(batch).await {
-        tracing::warn!(invocation_id = %id, error = %e, "could not record the suspension");
+    match node.commit_retrying(batch).await {
+        Ok(()) => inv.unwritten = false,
+        Err(e) => tracing::warn!(invocation_id = %id, error = %e, "could not record the suspension"),
     }
     node.live.set(
         id,
@@ -362,7 +410,7 @@ async fn finish(node: &Arc<Node>, inv: Invocation, status: InvocationStatus, fai
         if let Output::Failure(f) = &output {
             record.last_error = Some(f.message.clone());
         }
-        let mut batch = WriteBatch::new();
+        let mut batch = inv.unwritten_creation();
         let message = finish_writes(node, &inv.id, &record, status, &output, &mut batch);
         if let Err(e) = node.commit_retrying(batch).await {
             tracing::error!(invocation_id = %inv.id, error = %e, "could not record the end of an invocation");

@@ -4,7 +4,8 @@
 //!
 //! Invariant: at most one exclusive invocation of an object runs (or is suspended) at a time:
 //! the actor is the only place that starts them, and the registry keeps one actor per object.
-//! Boundary: the actor holds nothing that storage does not also hold; it can be stopped at
+//! Boundary: the actor holds nothing that storage does not also hold, except ingress calls
+//! not written yet (`Invocation::unwritten`: nothing acknowledged them); it can be stopped at
 //! any time it is idle and re-created from storage.
 
 mod registry;
@@ -53,7 +54,8 @@ struct Queued {
     id: InvocationId,
     /// The invocation, when this actor created it (saves a read); loaded from storage otherwise.
     loaded: Option<Invocation>,
-    /// Its creation batch is on disk. Entries join the queue in mailbox order, before that.
+    /// Its creation batch is on disk, or it need not be before it runs (`unwritten`). Entries
+    /// join the queue in mailbox order, before that.
     durable: bool,
 }
 
@@ -193,10 +195,26 @@ impl ObjectActor {
             invocation.record.inbox_seq = Some(self.next_seq);
             self.next_seq += 1;
         }
+        let id = invocation.id;
+        if invocation.unwritten {
+            debug_assert!(extra.is_empty(), "only ingress calls are created unwritten");
+            // Written with its attempt's first commit; its caller waits for the output.
+            let _ = reply.send(Ok(()));
+            if exclusive {
+                self.queue.push_back(Queued {
+                    id,
+                    loaded: Some(invocation),
+                    durable: true,
+                });
+                self.run_next(ctx);
+            } else {
+                self.run_shared(invocation, ctx);
+            }
+            return;
+        }
         let mut batch = invocation.creation_batch();
         batch.append(extra);
         let commit = self.node.store.writer.commit(batch);
-        let id = invocation.id;
         let shared = if exclusive {
             self.queue.push_back(Queued {
                 id,
