@@ -10,15 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::{peer, Placement};
-use crate::ids::{InvocationId, ObjectId};
+pub use crate::core::Completer;
+use crate::core::{Action, Command, Refusal, Transition, Write};
+use crate::ids::InvocationId;
 use crate::invocation::Invocation;
 use crate::invoker::AttemptSignal;
-use crate::journal::{codes, CompletionResult, Entry};
+use crate::journal::CompletionResult;
 use crate::node::{Creation, Node};
 use crate::object::SubmitError;
 use crate::storage::{
-    encode, key_partition, keys, HandlerKind, InvocationStatus, InvokeMessage, OutboxMessage, PromiseMessage,
-    PromiseOp, StorageError, Table, WriteBatch,
+    encode, key_partition, HandlerKind, InvocationStatus, InvokeMessage, OutboxMessage, PromiseMessage, StorageError,
+    Table, WriteBatch,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -29,14 +31,6 @@ pub enum CompleteError {
     AlreadyCompleted,
     #[error(transparent)]
     Storage(#[from] StorageError),
-}
-
-/// Whether `complete` is answering an outside caller (who must hear about duplicates) or
-/// delivering a message (where a duplicate is silently dropped).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Completer {
-    Message,
-    Awakeable,
 }
 
 /// A completion message has taken effect (or never can: its entry is gone or already done).
@@ -58,6 +52,35 @@ impl Node {
         let key = self.next_outbox_key(partition);
         batch.put(Table::Outbox, key.clone(), encode(&message));
         (key, message)
+    }
+
+    /// Adds a transition's `writes` to `batch`, its messages as outbox rows of `partition` (the
+    /// command's); returns those messages with their rows, to deliver once `batch` is durable.
+    pub(crate) fn stage_writes(
+        &self,
+        batch: &mut WriteBatch,
+        partition: u16,
+        writes: Vec<Write>,
+    ) -> Vec<(Vec<u8>, OutboxMessage)> {
+        let mut staged = Vec::new();
+        batch.put_writes(writes, |batch, message| {
+            staged.push(self.stage(batch, partition, message))
+        });
+        staged
+    }
+
+    /// What the core decides `command` does, given what storage holds. Commands that read
+    /// storage are decided on the blocking pool; the others here, without a thread hop.
+    pub(crate) async fn decide(&self, command: Command) -> Result<Transition, StorageError> {
+        let decided = if command.reads_storage() {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || crate::core::apply(&store, command))
+                .await
+                .map_err(|e| StorageError::Io(e.to_string()))?
+        } else {
+            crate::core::apply(&self.store, command)
+        };
+        decided.map_err(|e| StorageError::Io(e.0))
     }
 
     /// Commits `batch`, retrying while the writer is only overloaded.
@@ -180,84 +203,43 @@ impl Node {
         true
     }
 
-    /// Completes `caller`'s entry here or at its owner, then commits `extra`.
-    async fn complete_caller(
-        self: &Arc<Self>,
-        caller: InvocationId,
-        index: u32,
-        result: CompletionResult,
-        extra: WriteBatch,
-    ) -> bool {
-        if self.cluster.owns(caller.partition()) {
-            return delivered(self.complete(caller, index, result, extra, Completer::Message).await);
-        }
-        let message = OutboxMessage::Complete {
-            target: caller,
-            index,
-            result,
-        };
-        if !self.deliver_remote(None, message).await {
-            return false;
-        }
-        self.commit_retrying(extra).await.is_ok()
-    }
-
-    async fn deliver_invoke(self: &Arc<Self>, invoke: InvokeMessage, extra: WriteBatch, redelivery: bool) -> bool {
-        let target = ObjectId::new(&invoke.service, &invoke.key);
-        if invoke.kind.is_exclusive() && invoke.call_chain.contains(&target) {
-            let chain: Vec<String> = invoke.call_chain.iter().map(|o| o.to_string()).collect();
-            let message = format!(
-                "call cycle: {} → {target} would wait forever, because {target} is locked by an invocation up this call chain",
-                chain.join(" → ")
-            );
-            tracing::warn!(%message, "delivery.call_cycle");
-            return match invoke.caller {
-                Some((caller, index)) => {
-                    let result = CompletionResult::failure(codes::CALL_CYCLE, message);
-                    self.complete_caller(caller, index, result, extra).await
-                }
-                None => self.commit_retrying(extra).await.is_ok(),
-            };
-        }
+    async fn deliver_invoke(self: &Arc<Self>, invoke: InvokeMessage, mut extra: WriteBatch, redelivery: bool) -> bool {
+        let partition = invoke.id.partition();
         // A message sent again (after a crash or a lost answer) may be applied concurrently
         // with its first copy, and a workflow run may be created by an ingress request at the
-        // same time: check and create under the id's lock (the one `Node::submit` takes).
+        // same time: decide and create under the id's lock (the one `Node::submit` takes).
         let _dedup = if redelivery || invoke.kind == HandlerKind::Workflow {
             Some(self.stripe(&invoke.id).lock().await)
         } else {
             None
         };
-        if redelivery || invoke.kind == HandlerKind::Workflow {
-            let store = self.store.clone();
-            let id = invoke.id;
-            let existing = match tokio::task::spawn_blocking(move || store.invocation(&id)).await {
-                Ok(Ok(existing)) => existing,
-                other => {
-                    tracing::error!(error = ?other.err(), "cannot check for a duplicate; retried on restart");
-                    return false;
-                }
-            };
-            if let Some(existing) = existing {
-                // A duplicate of this very message (same caller), or a second run of a
-                // workflow key: answer that caller, create nothing.
-                let duplicate =
-                    redelivery && (invoke.kind != HandlerKind::Workflow || existing.caller == invoke.caller);
-                match (duplicate, invoke.caller) {
-                    (false, Some((caller, index))) => {
-                        let result = match &existing.output {
-                            Some(output) => CompletionResult::from(output),
-                            None => CompletionResult::failure(
-                                codes::ALREADY_COMPLETED,
-                                format!("workflow {target} is already running; attach to its result by key"),
-                            ),
-                        };
-                        return self.complete_caller(caller, index, result, extra).await;
-                    }
-                    _ => return self.commit_retrying(extra).await.is_ok(),
-                }
+        let transition = match self
+            .decide(Command::Invoke {
+                message: invoke,
+                redelivery,
+            })
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check for a duplicate; retried on restart");
+                return false;
             }
+        };
+        if let Some(message) = transition.create {
+            return self.create_retrying(message.into_invocation(), extra, "delivery").await;
         }
-        self.create_retrying(invoke.into_invocation(), extra, "delivery").await
+        if transition.refused.is_none() {
+            tracing::debug!(partition, "delivery.answered_instead");
+        }
+        let staged = self.stage_writes(&mut extra, partition, transition.writes);
+        if self.commit_retrying(extra).await.is_err() {
+            return false;
+        }
+        for (key, message) in staged {
+            Box::pin(self.deliver(Some(key), message, false)).await;
+        }
+        true
     }
 
     /// Completes entry `index` of `target` with `result` (once), then wakes the invocation.
@@ -270,31 +252,28 @@ impl Node {
         completer: Completer,
     ) -> Result<(), CompleteError> {
         let _guard = self.stripe(&target).lock().await;
-        let store = self.store.clone();
-        let entry = tokio::task::spawn_blocking(move || store.journal_entry(&target, index))
-            .await
-            .map_err(|e| StorageError::Io(e.to_string()))??;
-        let mut entry = match entry {
-            Some(entry) if completer == Completer::Message || matches!(entry, Entry::Awakeable { .. }) => entry,
-            _ => {
-                self.commit_retrying(extra).await?;
-                return Err(CompleteError::NotFound);
-            }
-        };
-        match entry.result_slot() {
-            None => {
-                self.commit_retrying(extra).await?;
-                return Err(CompleteError::NotFound);
-            }
-            Some(Some(_)) => {
-                self.commit_retrying(extra).await?;
-                return Err(CompleteError::AlreadyCompleted);
-            }
-            Some(slot) => *slot = Some(result.clone()),
-        }
-        extra.put(Table::Journal, keys::journal_entry(&target, index), encode(&entry));
+        let transition = self
+            .decide(Command::Complete {
+                target,
+                index,
+                result,
+                by: completer,
+            })
+            .await?;
+        // The carrying row goes either way: a refused completion can never take effect.
+        let staged = self.stage_writes(&mut extra, target.partition(), transition.writes);
+        debug_assert!(staged.is_empty(), "a completion stages no messages");
         self.commit_retrying(extra).await?;
-        self.wake(target, AttemptSignal::Completion { index, result }, Some(index));
+        match transition.refused {
+            Some(Refusal::AlreadyCompleted) => return Err(CompleteError::AlreadyCompleted),
+            Some(_) => return Err(CompleteError::NotFound),
+            None => {}
+        }
+        for action in transition.actions {
+            if let Action::Wake { target, index, result } = action {
+                self.wake(target, AttemptSignal::Completion { index, result }, Some(index));
+            }
+        }
         Ok(())
     }
 
@@ -323,61 +302,19 @@ impl Node {
     }
 
     async fn deliver_promise(self: &Arc<Self>, message: PromiseMessage, mut batch: WriteBatch) -> bool {
+        let object = message.object.clone();
         let staged = {
-            let _guard = self.object_stripe(&message.object).lock().await;
-            let store = self.store.clone();
-            let (object, name) = (message.object.clone(), message.name.clone());
-            let record = match tokio::task::spawn_blocking(move || store.promise(&object, &name)).await {
-                Ok(Ok(r)) => r.unwrap_or_default(),
-                other => {
-                    tracing::error!(error = ?other.err(), "cannot read promise; retried on restart");
+            let _guard = self.object_stripe(&object).lock().await;
+            let transition = match self.decide(Command::Promise(message)).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read promise; retried on restart");
                     return false;
                 }
             };
-            let mut record = record;
             // Replies leave from the promise's partition: the one this node serves.
-            let partition = crate::ids::partition_of(message.object.partition_key());
-            let (target, index) = message.reply_to;
-            let mut replies: Vec<(InvocationId, u32, CompletionResult)> = Vec::new();
-            match message.op {
-                PromiseOp::Get => match &record.result {
-                    Some(result) => replies.push((target, index, result.clone())),
-                    None if !record.waiters.contains(&message.reply_to) => record.waiters.push(message.reply_to),
-                    None => {}
-                },
-                PromiseOp::Peek => replies.push((target, index, record.result.clone().unwrap_or_default())),
-                PromiseOp::Complete(result) => {
-                    if record.result.is_some() {
-                        let text = format!("promise '{}' of {} is already completed", message.name, message.object);
-                        replies.push((target, index, CompletionResult::failure(codes::ALREADY_COMPLETED, text)));
-                    } else {
-                        for (w, i) in std::mem::take(&mut record.waiters) {
-                            replies.push((w, i, result.clone()));
-                        }
-                        record.result = Some(result);
-                        replies.push((target, index, CompletionResult::default()));
-                    }
-                }
-            }
-            batch.put(
-                Table::Promises,
-                keys::promise(&message.object, &message.name),
-                encode(&record),
-            );
-            let staged: Vec<_> = replies
-                .into_iter()
-                .map(|(t, i, result)| {
-                    self.stage(
-                        &mut batch,
-                        partition,
-                        OutboxMessage::Complete {
-                            target: t,
-                            index: i,
-                            result,
-                        },
-                    )
-                })
-                .collect();
+            let partition = crate::ids::partition_of(object.partition_key());
+            let staged = self.stage_writes(&mut batch, partition, transition.writes);
             if let Err(e) = self.commit_retrying(batch).await {
                 tracing::error!(error = %e, "cannot commit promise operation; retried on restart");
                 return false;

@@ -15,12 +15,12 @@ use crate::config::Config;
 use crate::ids::{partition_of, stable_hash, InvocationId, ObjectId};
 use crate::invocation::{drive, Invocation, LiveTable, Waiters};
 use crate::invoker::AttemptSignal;
-use crate::journal::{Entry, Output};
+use crate::journal::Output;
 use crate::object::{ObjectMsg, ObjectRegistry, SubmitError};
 use crate::schema::SchemaRegistry;
 use crate::storage::{
-    key_partition, keys, now_ms, HandlerKind, InvocationRecord, InvocationStatus, InvokeMessage, OutboxMessage,
-    PartitionGate, PartitionState, StorageError, Store, Table, TimerRecord, WriteBatch,
+    key_partition, keys, now_ms, HandlerKind, InvocationStatus, InvokeMessage, OutboxMessage, PartitionGate,
+    PartitionState, StorageError, Store, Table, TimerRecord, WriteBatch,
 };
 use crate::timers::TimerService;
 
@@ -111,41 +111,10 @@ pub fn workflow_run_id(object: &ObjectId) -> InvocationId {
 }
 
 impl InvokeMessage {
-    /// The invocation this message creates.
+    /// The invocation this message creates, now.
     pub fn into_invocation(self) -> Invocation {
-        let now = now_ms();
-        let scheduled = self.not_before_ms.is_some_and(|t| t > now);
-        Invocation {
-            id: self.id,
-            record: InvocationRecord {
-                service: self.service,
-                handler: self.handler,
-                key: self.key,
-                kind: self.kind,
-                deployment_id: self.deployment_id,
-                status: if scheduled {
-                    InvocationStatus::Scheduled
-                } else {
-                    InvocationStatus::Pending
-                },
-                attempts: 0,
-                last_error: None,
-                next_retry_at_ms: None,
-                created_at_ms: now,
-                modified_at_ms: now,
-                idempotency_key: self.idempotency_key,
-                inbox_seq: None,
-                output: None,
-                expires_at_ms: None,
-                caller: self.caller,
-                call_chain: self.call_chain,
-                waiting_on: Vec::new(),
-                cancel_requested: false,
-                not_before_ms: self.not_before_ms.filter(|_| scheduled),
-            },
-            journal: vec![Entry::Input { value: self.input }],
-            unwritten: false,
-        }
+        let (id, record, journal) = self.into_invocation_at(now_ms());
+        Invocation::new(id, record, journal)
     }
 }
 

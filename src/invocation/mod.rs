@@ -16,7 +16,7 @@ pub use waiters::Waiters;
 
 use crate::ids::{InvocationId, ObjectId};
 use crate::invoker::{Attempt, AttemptOutcome, StateCache, SIGNALS_CAPACITY};
-use crate::journal::{codes, CompletionResult, Entry, Failure, Output};
+use crate::journal::{codes, Entry, Failure, Output};
 use crate::node::Node;
 use crate::storage::{encode, keys, now_ms, InvocationRecord, InvocationStatus, OutboxMessage, Table, WriteBatch};
 
@@ -134,8 +134,9 @@ impl Invocation {
     }
 }
 
-/// Adds the writes that finish the invocation with `output` and `status` to `batch`; returns
-/// the message completing its caller's `call` entry, staged in the same batch.
+/// Adds the writes that finish the invocation with `output` and `status` to `batch` (as
+/// `core::finish` decides); returns the message completing its caller's `call` entry, staged in
+/// the same batch.
 pub(crate) fn finish_writes(
     node: &Node,
     id: &InvocationId,
@@ -144,29 +145,10 @@ pub(crate) fn finish_writes(
     output: &Output,
     batch: &mut WriteBatch,
 ) -> Option<(Vec<u8>, OutboxMessage)> {
-    let mut done = record.clone();
-    let now = now_ms();
-    done.status = status;
-    done.output = Some(output.clone());
-    done.modified_at_ms = now;
-    done.next_retry_at_ms = None;
-    done.waiting_on.clear();
-    done.expires_at_ms = Some(now + node.config.idempotency_retention_secs * 1000);
-    batch.put_invocation(id, &done);
-    if let Some(seq) = record.inbox_seq {
-        batch.delete(
-            Table::Inbox,
-            keys::inbox_entry(&ObjectId::new(&record.service, &record.key), seq),
-        );
-    }
-    record.caller.map(|(caller, index)| {
-        let message = OutboxMessage::Complete {
-            target: caller,
-            index,
-            result: CompletionResult::from(output),
-        };
-        node.stage(batch, id.partition(), message)
-    })
+    let retention_ms = node.config.idempotency_retention_secs * 1000;
+    let transition = crate::core::finish::apply(*id, record, status, output.clone(), now_ms(), retention_ms);
+    // Its one action, `Finished`, is `Node::finished`: the caller runs it once this is durable.
+    node.stage_writes(batch, id.partition(), transition.writes).pop()
 }
 
 /// Runs `inv` until it finishes or suspends.

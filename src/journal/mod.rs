@@ -5,7 +5,26 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::storage::HandlerKind;
+/// What runs an invocation and how it may touch state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandlerKind {
+    /// Virtual object handler holding the key's lock; may write state.
+    Exclusive,
+    /// Virtual object handler that only reads state; runs concurrently.
+    Shared,
+    /// Handler of a stateless service.
+    Stateless,
+    /// The run handler of a workflow: exclusive, once per workflow key.
+    Workflow,
+}
+
+impl HandlerKind {
+    /// Holds its object's lock (runs through the inbox, may write state).
+    pub fn is_exclusive(self) -> bool {
+        matches!(self, Self::Exclusive | Self::Workflow)
+    }
+}
 
 /// A terminal failure: of a handler, of a `run` block, or of the invocation as a whole.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,6 @@
 mod gate;
 mod indexes;
 pub mod keys;
-pub mod records;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -21,12 +20,12 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, Readable};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use crate::core::records::*;
 use crate::ids::{InvocationId, ObjectId};
 use crate::journal::Entry;
 pub use gate::{key_partition, PartitionGate, PartitionState};
 use indexes::build_indexes;
 pub use indexes::Expired;
-pub use records::*;
 pub use writer::{Table, WriteBatch, Writer, WriterStats};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -387,3 +386,26 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
+
+/// Wall-clock milliseconds: read by the shell, passed to the core as an input.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The core reads a partition's committed state through this (on the blocking pool).
+impl crate::core::PartitionRead for Store {
+    fn invocation(&self, id: &InvocationId) -> Result<Option<InvocationRecord>, crate::core::ReadFailed> {
+        Store::invocation(self, id).map_err(|e| crate::core::ReadFailed(e.to_string()))
+    }
+
+    fn journal_entry(&self, id: &InvocationId, index: u32) -> Result<Option<Entry>, crate::core::ReadFailed> {
+        Store::journal_entry(self, id, index).map_err(|e| crate::core::ReadFailed(e.to_string()))
+    }
+
+    fn promise(&self, object: &ObjectId, name: &str) -> Result<Option<PromiseRecord>, crate::core::ReadFailed> {
+        Store::promise(self, object, name).map_err(|e| crate::core::ReadFailed(e.to_string()))
+    }
+}

@@ -10,7 +10,7 @@ use fjall::PersistMode;
 use tokio::sync::oneshot;
 
 use super::gate::{key_partition, PartitionGate};
-use super::{keys, InvocationRecord, StorageError, Tables};
+use super::{keys, InvocationRecord, OutboxMessage, StorageError, Tables};
 use crate::ids::InvocationId;
 
 /// Tables a batch can write. The order of variants is not stored anywhere.
@@ -99,6 +99,25 @@ impl WriteBatch {
         // the sweep drops the stale `expiry` row (it checks every row against its record).
         if let Some(key) = expiry {
             self.put(Table::Expiry, key, Vec::new());
+        }
+    }
+
+    /// Adds the writes of a core transition, except its messages: `stage` adds each of those
+    /// (as an outbox row) in order.
+    pub fn put_writes(&mut self, writes: Vec<crate::core::Write>, mut stage: impl FnMut(&mut Self, OutboxMessage)) {
+        use crate::core::Write;
+        for write in writes {
+            match write {
+                Write::Record(id, record) => self.put_invocation(&id, &record),
+                Write::Entry(id, index, entry) => {
+                    self.put(Table::Journal, keys::journal_entry(&id, index), super::encode(&entry))
+                }
+                Write::Dequeue(object, seq) => self.delete(Table::Inbox, keys::inbox_entry(&object, seq)),
+                Write::Promise(object, name, record) => {
+                    self.put(Table::Promises, keys::promise(&object, &name), super::encode(&record))
+                }
+                Write::Outbox(message) => stage(self, message),
+            }
         }
     }
 

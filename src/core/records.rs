@@ -1,30 +1,12 @@
-//! Values stored in the tables (MessagePack with named fields, so fields can be added).
+//! The state the core reads and writes: the values stored in the tables (MessagePack with
+//! named fields, so fields can be added). Storage persists them; it does not interpret them.
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{InvocationId, ObjectId};
-use crate::journal::{CompletionResult, Output};
+use crate::journal::{CompletionResult, Entry, Output};
 
-/// What runs an invocation and how it may touch state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HandlerKind {
-    /// Virtual object handler holding the key's lock; may write state.
-    Exclusive,
-    /// Virtual object handler that only reads state; runs concurrently.
-    Shared,
-    /// Handler of a stateless service.
-    Stateless,
-    /// The run handler of a workflow: exclusive, once per workflow key.
-    Workflow,
-}
-
-impl HandlerKind {
-    /// Holds its object's lock (runs through the inbox, may write state).
-    pub fn is_exclusive(self) -> bool {
-        matches!(self, Self::Exclusive | Self::Workflow)
-    }
-}
+pub use crate::journal::HandlerKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -82,7 +64,7 @@ impl InvocationStatus {
 }
 
 /// One row of `invocations`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct InvocationRecord {
     pub service: String,
     pub handler: String,
@@ -122,7 +104,7 @@ pub struct InvocationRecord {
 }
 
 /// One row of `outbox`: a message an invocation produced, durable until delivered.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum OutboxMessage {
     /// Create an invocation (a call, a send, a delayed send). `id` is the dedup key.
     Invoke(InvokeMessage),
@@ -147,7 +129,7 @@ impl OutboxMessage {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct InvokeMessage {
     pub id: InvocationId,
     pub service: String,
@@ -163,7 +145,41 @@ pub struct InvokeMessage {
     pub idempotency_key: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+impl InvokeMessage {
+    /// The invocation this message creates at `now_ms`: its id, record and journal (the input).
+    pub fn into_invocation_at(self, now_ms: u64) -> (InvocationId, InvocationRecord, Vec<Entry>) {
+        let scheduled = self.not_before_ms.is_some_and(|t| t > now_ms);
+        let record = InvocationRecord {
+            service: self.service,
+            handler: self.handler,
+            key: self.key,
+            kind: self.kind,
+            deployment_id: self.deployment_id,
+            status: if scheduled {
+                InvocationStatus::Scheduled
+            } else {
+                InvocationStatus::Pending
+            },
+            attempts: 0,
+            last_error: None,
+            next_retry_at_ms: None,
+            created_at_ms: now_ms,
+            modified_at_ms: now_ms,
+            idempotency_key: self.idempotency_key,
+            inbox_seq: None,
+            output: None,
+            expires_at_ms: None,
+            caller: self.caller,
+            call_chain: self.call_chain,
+            waiting_on: Vec::new(),
+            cancel_requested: false,
+            not_before_ms: self.not_before_ms.filter(|_| scheduled),
+        };
+        (self.id, record, vec![Entry::Input { value: self.input }])
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PromiseMessage {
     pub object: ObjectId,
     pub name: String,
@@ -171,7 +187,7 @@ pub struct PromiseMessage {
     pub reply_to: (InvocationId, u32),
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum PromiseOp {
     Get,
     Peek,
@@ -179,11 +195,15 @@ pub enum PromiseOp {
 }
 
 /// One row of `promises`: a workflow's durable promise.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct PromiseRecord {
     pub result: Option<CompletionResult>,
     /// `get_promise` entries waiting for the result.
     pub waiters: Vec<(InvocationId, u32)>,
+    /// The `complete_promise` entry that completed it: the same message sent again is a
+    /// duplicate, answered as the first was (not "already completed").
+    #[serde(default)]
+    pub completed_by: Option<(InvocationId, u32)>,
 }
 
 /// One row of `timers`.
@@ -244,11 +264,4 @@ pub struct RetryPolicy {
     pub max_interval_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
