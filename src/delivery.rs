@@ -1,10 +1,13 @@
 //! Delivery of outbox messages: creating invocations (calls, sends, delayed sends),
 //! completing journal entries (call results, timers, awakeables) and durable promises.
 //!
-//! Invariant: a message's effect and the deletion of the row that carried it commit in one
-//! batch, so a message takes effect exactly once; a redelivery after a crash only happens when
-//! that batch never committed. The dedup key of a created invocation is its id, assigned by the
-//! sender and journaled with the sender's entry.
+//! Invariant: a message takes effect exactly once. The receiver applies it in a batch of its
+//! own partition (`core::apply` decides, dropping a duplicate); only then does the sender
+//! delete the row that carried it, in a batch of *its* partition (`acknowledge`, riding with
+//! the next group commit). A row still there after a crash is sent again as a redelivery and
+//! recognised: a created invocation by its id (assigned by the sender, journaled with its
+//! entry), a completion because its entry already has a result, a promise operation by its
+//! waiter or completer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,17 +155,29 @@ impl Node {
     }
 
     async fn deliver_here(self: &Arc<Self>, key: Option<Vec<u8>>, message: OutboxMessage, redelivery: bool) -> bool {
-        let mut extra = WriteBatch::new();
-        if let Some(key) = key {
-            extra.delete(Table::Outbox, key);
-        }
-        match message {
+        let extra = WriteBatch::new();
+        let delivered = match message {
             OutboxMessage::Invoke(invoke) => self.deliver_invoke(invoke, extra, redelivery).await,
             OutboxMessage::Complete { target, index, result } => {
                 delivered(self.complete(target, index, result, extra, Completer::Message).await)
             }
             OutboxMessage::Promise(promise) => self.deliver_promise(promise, extra).await,
+        };
+        if delivered {
+            if let Some(key) = key {
+                self.acknowledge(key);
+            }
         }
+        delivered
+    }
+
+    /// The sender's side of a delivered message: its outbox row goes in a batch of the
+    /// sender's own partition, riding with the next group commit. Lost in a crash, the
+    /// message is sent again and the receiver drops it as a duplicate.
+    fn acknowledge(&self, key: Vec<u8>) {
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::Outbox, key);
+        self.store.writer.piggyback(batch);
     }
 
     /// Sends `message` to the node that owns its target until that node has applied it, then
@@ -195,10 +210,7 @@ impl Node {
             }
         }
         if let Some(key) = key {
-            let mut batch = WriteBatch::new();
-            batch.delete(Table::Outbox, key);
-            // If this fails the row is sent again later and dropped as a duplicate.
-            let _ = self.commit_retrying(batch).await;
+            self.acknowledge(key);
         }
         true
     }

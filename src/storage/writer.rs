@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fjall::PersistMode;
 use tokio::sync::oneshot;
@@ -165,23 +165,47 @@ pub struct WriterStats {
 pub struct Writer {
     tx: SyncSender<Request>,
     pub stats: Arc<WriterStats>,
+    /// Writes that ride with the next group commit (`piggyback`).
+    lazy: Arc<Mutex<Vec<Op>>>,
 }
 
 /// Commits waiting for the writer beyond which `commit` answers `Overloaded`.
 const QUEUE_CAPACITY: usize = 65_536;
 /// Largest number of commits folded into one fdatasync.
 const GROUP_MAX: usize = 4096;
+/// Piggybacked writes held before they are committed on their own.
+const LAZY_MAX: usize = 4096;
 
 impl Writer {
     pub(super) fn start(tables: Tables, gate: Arc<PartitionGate>) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let stats = Arc::new(WriterStats::default());
-        let thread_stats = stats.clone();
+        let lazy = Arc::new(Mutex::new(Vec::new()));
+        let (thread_stats, thread_lazy) = (stats.clone(), lazy.clone());
         std::thread::Builder::new()
             .name("kiln-storage-writer".into())
-            .spawn(move || run(tables, rx, thread_stats, gate))
+            .spawn(move || run(tables, rx, thread_stats, thread_lazy, gate))
             .expect("spawn storage writer thread");
-        Self { tx, stats }
+        Self { tx, stats, lazy }
+    }
+
+    /// Queues writes a crash may lose without harm — the deletion of an outbox row whose
+    /// message took effect: sent again, it is dropped as a duplicate. They join the next group
+    /// commit and never cost an fdatasync of their own (past `LAZY_MAX` they are committed
+    /// alone). Nothing waits for them; the partition gate still decides.
+    pub fn piggyback(&self, batch: WriteBatch) {
+        let mut lazy = self.lazy.lock().expect("lazy lock");
+        lazy.extend(batch.ops);
+        if lazy.len() >= LAZY_MAX {
+            let ops = std::mem::take(&mut *lazy);
+            drop(lazy);
+            let (done, _) = oneshot::channel();
+            let batch = WriteBatch {
+                ops,
+                bypass_gate: false,
+            };
+            let _ = self.tx.try_send(Request { batch, done }); // full: lost, harmlessly
+        }
     }
 
     /// Queues `batch`; the returned future resolves once it is fdatasync'ed.
@@ -215,7 +239,13 @@ fn refused_partition(batch: &WriteBatch, gate: &PartitionGate) -> Option<u16> {
     })
 }
 
-fn run(tables: Tables, rx: Receiver<Request>, stats: Arc<WriterStats>, gate: Arc<PartitionGate>) {
+fn run(
+    tables: Tables,
+    rx: Receiver<Request>,
+    stats: Arc<WriterStats>,
+    lazy: Arc<Mutex<Vec<Op>>>,
+    gate: Arc<PartitionGate>,
+) {
     let mut group: Vec<Request> = Vec::with_capacity(GROUP_MAX);
     let admit = |request: Request, group: &mut Vec<Request>| match refused_partition(&request.batch, &gate) {
         // Checked here, in commit order: once a partition is closed and a later (empty) commit
@@ -238,6 +268,19 @@ fn run(tables: Tables, rx: Receiver<Request>, stats: Arc<WriterStats>, gate: Arc
         }
         let _span = tracing::trace_span!("storage.commit", commits = group.len()).entered();
         let mut batch = tables.db.batch().durability(Some(PersistMode::SyncData));
+        let riders = std::mem::take(&mut *lazy.lock().expect("lazy lock"));
+        for op in riders {
+            let (table, key) = match &op {
+                Op::Put(t, k, _) | Op::Delete(t, k) => (*t, k),
+            };
+            if table.is_partitioned() && !gate.owns(key_partition(key)) {
+                continue; // moved away: its new owner sends the message again
+            }
+            match op {
+                Op::Put(t, k, v) => batch.insert(tables.get(t), k, v),
+                Op::Delete(t, k) => batch.remove(tables.get(t), k),
+            }
+        }
         for request in &mut group {
             for op in request.batch.ops.drain(..) {
                 match op {

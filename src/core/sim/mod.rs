@@ -37,6 +37,8 @@ struct Node {
     epoch: u32,
     /// Outbox rows and the life they were staged in (simulation bookkeeping, not node state).
     staged_in: BTreeMap<u64, u32>,
+    /// Delivered rows whose deletion waits for this node's next commit (lost in a crash).
+    acked: BTreeSet<u64>,
 }
 
 pub struct Sim {
@@ -186,6 +188,7 @@ impl Sim {
         let node = self.rng.usize(..NODES);
         if self.nodes[node].up {
             self.nodes[node].up = false;
+            self.nodes[node].acked.clear();
             // Everything in memory is gone: steps in progress restart from the journal.
             let lost: Vec<ObjectId> = self
                 .running
@@ -214,7 +217,7 @@ impl Sim {
     }
 
     fn any_outbox(&self) -> bool {
-        self.nodes.iter().any(|n| !n.log.outbox.is_empty())
+        self.nodes.iter().any(|n| n.log.outbox.len() > n.acked.len())
     }
 
     /// Delivers one outbox row of a live node to its target's node. With `faults`, the
@@ -222,7 +225,14 @@ impl Sim {
     fn deliver_one(&mut self, faults: bool) -> bool {
         let rows: Vec<(usize, u64)> = (0..NODES)
             .filter(|n| self.nodes[*n].up)
-            .flat_map(|n| self.nodes[n].log.outbox.keys().map(move |s| (n, *s)))
+            .flat_map(|n| {
+                let node = &self.nodes[n];
+                node.log
+                    .outbox
+                    .keys()
+                    .filter(|s| !node.acked.contains(s))
+                    .map(move |s| (n, *s))
+            })
             .collect();
         if rows.is_empty() {
             return false;
@@ -254,10 +264,10 @@ impl Sim {
             self.create(to, message);
         }
         self.commit(to, &transition, None);
-        // Same node: the effect and the row's deletion commit together. Another node: the
-        // sender deletes its row once the answer arrives — unless it is lost.
+        // The sender deletes its row with its next commit once the answer arrives — unless
+        // the answer from another node is lost (then it sends the row again).
         if to == from || !(faults && self.rng.u32(0..100) < 30) {
-            self.nodes[from].log.outbox.remove(&seq);
+            self.nodes[from].acked.insert(seq);
         } else {
             self.note(format!("answer lost for n{from}#{seq}"));
         }
@@ -291,6 +301,9 @@ impl Sim {
         }
         let epoch = self.nodes[node].epoch;
         let n = &mut self.nodes[node];
+        for seq in std::mem::take(&mut n.acked) {
+            n.log.outbox.remove(&seq);
+        }
         for seq in n.log.apply(transition, self.now_ms) {
             n.staged_in.insert(seq, epoch);
         }
@@ -417,7 +430,7 @@ impl Sim {
             }
         }
         for (n, node) in self.nodes.iter().enumerate() {
-            if let Some(seq) = node.log.outbox.keys().next() {
+            if let Some(seq) = node.log.outbox.keys().find(|s| !node.acked.contains(s)) {
                 self.violations.push(format!("n{n} still has outbox row #{seq}"));
             }
             for (id, record) in &node.log.invocations {
