@@ -22,8 +22,7 @@ use crate::journal::CompletionResult;
 use crate::node::{Creation, Node};
 use crate::object::SubmitError;
 use crate::storage::{
-    encode, key_partition, HandlerKind, InvocationStatus, InvokeMessage, OutboxMessage, PromiseMessage, StorageError,
-    Table, WriteBatch,
+    encode, key_partition, HandlerKind, InvokeMessage, OutboxMessage, PromiseMessage, StorageError, Table, WriteBatch,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -353,10 +352,8 @@ impl Node {
         let mut extra = WriteBatch::new();
         extra.delete(Table::Timers, timer_key);
         match loaded {
-            Ok(Ok(Some((mut record, journal)))) if record.status == InvocationStatus::Scheduled => {
-                record.status = InvocationStatus::Pending;
-                record.not_before_ms = None;
-                let invocation = Invocation::new(id, record, journal);
+            Ok(Ok(Some((record, journal)))) if let Some(pending) = crate::core::attempt::activated(&record) => {
+                let invocation = Invocation::new(id, pending, journal);
                 let _ = self.create_retrying(invocation, extra, "activation").await;
             }
             Ok(Ok(_)) => {

@@ -4,6 +4,7 @@
 //! This is the first piece of the deterministic core (design brief §10); the modules that run
 //! invocations ask it what to do and carry the answer out.
 
+pub mod attempt;
 pub mod complete;
 pub mod control;
 pub mod finish;

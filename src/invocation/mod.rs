@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 pub use live::{LiveStatus, LiveTable};
 pub use waiters::Waiters;
 
+use crate::core::attempt::Retry;
 use crate::ids::{InvocationId, ObjectId};
 use crate::invoker::{Attempt, AttemptOutcome, StateCache, SIGNALS_CAPACITY};
 use crate::journal::{codes, Entry, Failure, Output};
@@ -114,18 +115,7 @@ impl Invocation {
 
     /// A suspended invocation may run again once one of the entries it waits on is completed.
     pub fn can_resume(&self) -> bool {
-        self.record.waiting_on.is_empty()
-            || self
-                .record
-                .waiting_on
-                .iter()
-                .any(|i| self.journal.get(*i as usize).and_then(|e| e.result()).is_some())
-            || self.cancel_pending()
-    }
-
-    /// Cancellation was requested and the handler has not observed it yet.
-    pub fn cancel_pending(&self) -> bool {
-        self.record.cancel_requested && !self.journal.iter().any(|e| matches!(e, Entry::Cancelled))
+        crate::core::attempt::resumable(&self.record, &self.journal)
     }
 
     /// A completable entry without a result: a new attempt must re-read the journal first.
@@ -200,10 +190,7 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
             },
         );
         let record = inv.record.clone();
-        let mut running = inv.record.clone();
-        running.status = InvocationStatus::Running;
-        running.waiting_on.clear();
-        running.modified_at_ms = now_ms();
+        let running = crate::core::attempt::running(&inv.record, now_ms());
         // Whichever of the attempt's record writes comes first carries an unwritten creation.
         let creation = Mutex::new(inv.unwritten.then(|| inv.creation_batch()));
         let on_first_commit = |batch: &mut WriteBatch| {
@@ -283,24 +270,19 @@ pub async fn drive(node: Arc<Node>, mut inv: Invocation, state: Option<Arc<State
                     .retry_policy(&inv.record.deployment_id, &inv.record.service, &inv.record.handler)
                     .unwrap_or_default();
                 let max_attempts = policy.max_attempts.unwrap_or(node.config.retry_max_attempts);
-                if max_attempts != 0 && inv.record.attempts >= max_attempts {
-                    let failure = Failure {
-                        code: codes::RETRIES_EXHAUSTED,
-                        message: format!("gave up after {} attempts; last error: {error}", inv.record.attempts),
-                    };
-                    finish(&node, inv, InvocationStatus::Failed, failure).await;
-                    return DriveEnd::Finished;
-                }
                 let delay = node.config.retry_delay_with(
                     inv.record.attempts,
                     policy.initial_interval_ms,
                     policy.max_interval_ms,
                 );
-                let now = now_ms();
-                inv.record.status = InvocationStatus::BackingOff;
-                inv.record.last_error = Some(error.clone());
-                inv.record.next_retry_at_ms = Some(now + delay.as_millis() as u64);
-                inv.record.modified_at_ms = now;
+                let delay_ms = delay.as_millis() as u64;
+                match crate::core::attempt::failed(&inv.record, error.clone(), now_ms(), delay_ms, max_attempts) {
+                    Retry::GiveUp(failure) => {
+                        finish(&node, inv, InvocationStatus::Failed, failure).await;
+                        return DriveEnd::Finished;
+                    }
+                    Retry::BackOff(record) => inv.record = *record,
+                }
                 node.live.set(
                     id,
                     LiveStatus {
@@ -347,13 +329,11 @@ async fn suspend(node: &Arc<Node>, inv: &mut Invocation, waiting_on: Vec<u32>) -
             Err(e) => tracing::warn!(invocation_id = %id, error = %e, "cannot refresh journal"),
         }
     }
-    inv.record.waiting_on = waiting_on.clone();
     inv.record.cancel_requested |= node.cancel_requests.lock().expect("cancel lock").contains(&id);
-    if inv.can_resume() {
-        return None;
+    match crate::core::attempt::suspended(&inv.record, &inv.journal, waiting_on.clone(), now_ms()) {
+        None => return None,
+        Some(record) => inv.record = record,
     }
-    inv.record.status = InvocationStatus::Suspended;
-    inv.record.modified_at_ms = now_ms();
     let mut batch = inv.unwritten_creation();
     batch.put_invocation(&id, &inv.record);
     match node.commit_retrying(batch).await {
