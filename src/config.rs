@@ -31,6 +31,9 @@ pub struct Config {
     pub retry_max_attempts: u32,
     /// Durable inbox length per object beyond which new calls get 429.
     pub max_inbox_per_object: usize,
+    /// Bytes of queued inputs an object's actor holds in memory beyond which new calls get
+    /// 429 (with `max_inbox_per_object`, so a queue of large inputs cannot exhaust memory).
+    pub max_inbox_bytes_per_object: u64,
     /// Unfinished invocations a node holds in memory beyond which new calls get 429.
     pub max_inflight_invocations: usize,
     /// An object actor with nothing to do for this long is stopped (passivated).
@@ -69,6 +72,7 @@ impl Default for Config {
             retry_max_ms: 10_000,
             retry_max_attempts: 1000,
             max_inbox_per_object: 10_000,
+            max_inbox_bytes_per_object: 64 * 1024 * 1024,
             max_inflight_invocations: 50_000,
             object_idle_ms: 60_000,
             attempt_inactivity_timeout_ms: 300_000,
@@ -104,6 +108,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if self.max_inbox_bytes_per_object < self.max_body_bytes as u64 {
+            return Err("max_inbox_bytes_per_object must be >= max_body_bytes (one request must fit)".into());
+        }
         if self.max_body_bytes == 0 || self.max_frame_bytes < 1024 {
             return Err("max_body_bytes must be > 0 and max_frame_bytes >= 1024".into());
         }

@@ -113,7 +113,7 @@ impl Node {
             };
             match self.create(creation).await {
                 Ok(()) => return true,
-                Err(e @ (SubmitError::InboxFull(_) | SubmitError::MailboxFull(_)))
+                Err(e @ (SubmitError::InboxFull(_) | SubmitError::InboxBytesFull(_) | SubmitError::MailboxFull(_)))
                 | Err(e @ SubmitError::Storage(StorageError::Overloaded)) => {
                     tracing::debug!(error = %e, invocation_id = %id, what, "delivery.backoff");
                     tokio::time::sleep(delay).await;

@@ -101,9 +101,10 @@ impl From<crate::ids::MalformedId> for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         let status = match &e {
-            SubmitError::InboxFull(_) | SubmitError::MailboxFull(_) | SubmitError::TooManyInvocations => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            SubmitError::InboxFull(_)
+            | SubmitError::InboxBytesFull(_)
+            | SubmitError::MailboxFull(_)
+            | SubmitError::TooManyInvocations => StatusCode::TOO_MANY_REQUESTS,
             SubmitError::Storage(s) => return s.clone().into(),
             SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -85,6 +85,9 @@ struct ServeArgs {
     /// Inbox length per object before 429 [default: 10000]
     #[arg(long, env = "KILN_MAX_INBOX_PER_OBJECT")]
     max_inbox_per_object: Option<usize>,
+    /// Bytes of queued inputs an object holds in memory before 429 [default: 67108864]
+    #[arg(long, env = "KILN_MAX_INBOX_BYTES_PER_OBJECT")]
+    max_inbox_bytes_per_object: Option<u64>,
     /// Unfinished invocations per node before 429 [default: 50000]
     #[arg(long, env = "KILN_MAX_INFLIGHT_INVOCATIONS")]
     max_inflight_invocations: Option<usize>,
@@ -137,6 +140,7 @@ impl ServeArgs {
             retry_max_ms,
             retry_max_attempts,
             max_inbox_per_object,
+            max_inbox_bytes_per_object,
             max_inflight_invocations,
             object_idle_ms,
             attempt_inactivity_timeout_ms,

@@ -70,6 +70,9 @@ pub struct ObjectActor {
     head_suspended: bool,
     running_shared: usize,
     next_seq: u64,
+    /// Bytes of the inputs of queued invocations held in `Queued::loaded` (capped by
+    /// `max_inbox_bytes_per_object`); those read back from storage cost nothing until they run.
+    held_bytes: u64,
     idle_since: Instant,
 }
 
@@ -85,6 +88,7 @@ impl ObjectActor {
             head_suspended: false,
             running_shared: 0,
             next_seq: 0,
+            held_bytes: 0,
             idle_since: Instant::now(),
         }
     }
@@ -108,6 +112,7 @@ impl ObjectActor {
         self.running_exclusive = true;
         let id = head.id;
         let loaded = head.loaded.take();
+        self.held_bytes -= loaded.as_ref().map_or(0, input_bytes);
         let node = self.node.clone();
         let state = self.state();
         let fut = async move {
@@ -163,6 +168,12 @@ impl ObjectActor {
             return; // its driver sees the kill and returns
         }
         self.queue.retain(|q| q.id != id);
+        self.held_bytes = self
+            .queue
+            .iter()
+            .filter_map(|q| q.loaded.as_ref())
+            .map(input_bytes)
+            .sum();
         self.node.killed.lock().expect("killed lock").remove(&id);
         if head {
             self.head_suspended = false;
@@ -192,6 +203,12 @@ impl ObjectActor {
                 let _ = reply.send(Err(SubmitError::InboxFull(self.object.clone())));
                 return;
             }
+            let bytes = input_bytes(&invocation);
+            if self.held_bytes + bytes > self.node.config.max_inbox_bytes_per_object {
+                let _ = reply.send(Err(SubmitError::InboxBytesFull(self.object.clone())));
+                return;
+            }
+            self.held_bytes += bytes;
             invocation.record.inbox_seq = Some(self.next_seq);
             self.next_seq += 1;
         }
@@ -236,6 +253,12 @@ impl ObjectActor {
                     match result {
                         Err(e) => {
                             act.queue.retain(|q| q.id != id);
+                            act.held_bytes = act
+                                .queue
+                                .iter()
+                                .filter_map(|q| q.loaded.as_ref())
+                                .map(input_bytes)
+                                .sum();
                             let _ = reply.send(Err(SubmitError::Storage(e)));
                         }
                         Ok(()) => {
@@ -319,8 +342,17 @@ impl Handler<ObjectMsg> for ObjectActor {
             ObjectMsg::Forget(id) => self.forget(id, ctx),
             ObjectMsg::Evict => {
                 self.queue.clear();
+                self.held_bytes = 0;
                 ctx.stop();
             }
         }
+    }
+}
+
+/// Bytes of an invocation's input, as held in memory while it waits in the queue.
+fn input_bytes(invocation: &Invocation) -> u64 {
+    match invocation.journal.first() {
+        Some(crate::journal::Entry::Input { value }) => value.len() as u64,
+        _ => 0,
     }
 }

@@ -20,6 +20,8 @@ pub(super) const MAILBOX_CAPACITY: usize = 4096;
 pub enum SubmitError {
     #[error("inbox of {0} is full")]
     InboxFull(ObjectId),
+    #[error("inbox of {0} holds too many bytes of queued input")]
+    InboxBytesFull(ObjectId),
     #[error("mailbox of {0} is full")]
     MailboxFull(ObjectId),
     #[error("too many unfinished invocations on this node")]

@@ -361,3 +361,59 @@ fn f_non_deterministic_handler_is_journal_mismatch_570() {
         },
     );
 }
+
+/// The inbox of one object is capped by the bytes of the inputs it holds, not only by count:
+/// behind a running exclusive handler, large requests queue until the cap, then get 429 JSON
+/// (nothing written), and everything accepted still runs.
+#[test]
+fn f_inbox_capped_by_bytes() {
+    run("f_inbox_capped_by_bytes", Duration::from_secs(120), |env| async move {
+        let opts = KilnOpts {
+            max_body_bytes: Some(1_000_000),
+            extra_args: vec!["--max-inbox-bytes-per-object".into(), "2500000".into()],
+            ..Default::default()
+        };
+        let kiln = Kiln::start(&env, opts).await?;
+        let svc = Service::start(&env, Jar::TestServices, &[]).await?;
+        register_expect(&kiln, &svc.uri(), &["Slowpoke"]).await?;
+        let holder = kiln.send("Slowpoke/big/hold", "3000").await?;
+        kiln.wait_invocation(&holder, Duration::from_secs(10), "status running", |v| {
+            inv_status(v) == "running"
+        })
+        .await?;
+        // `1` and 900 KB of JSON whitespace: a valid input of 900 KB.
+        let big = format!("1{}", " ".repeat(900_000));
+        let url = format!("{}/Slowpoke/big/hold/send", kiln.ingress());
+        let mut accepted = Vec::new();
+        let mut refused = None;
+        for i in 0..4 {
+            let resp = kiln.http.post(&url, big.clone(), &[]).await?;
+            match resp.status {
+                202 => accepted.push(resp.json()?["invocationId"].as_str().unwrap_or_default().to_owned()),
+                429 => {
+                    refused = Some((i, resp.json().context("429 must be JSON")?));
+                    break;
+                }
+                other => bail!("request {i}: unexpected {other}: {}", resp.text()),
+            }
+        }
+        let (at, body) = refused.context("the fourth 900 KB request must be refused")?;
+        ensure!(
+            at == 2 && accepted.len() == 2,
+            "2 × 900 KB fit in 2.5 MB, the third must not: refused at {at}"
+        );
+        ensure!(
+            body["message"].as_str().is_some_and(|m| m.contains("bytes")),
+            "the 429 should say the inbox holds too many bytes: {body}"
+        );
+        for id in accepted.iter().chain([&holder]) {
+            let done = kiln.wait_finished(id, Duration::from_secs(30)).await?;
+            ensure!(
+                inv_status(&done) == "completed",
+                "{id} did not complete: {}",
+                inv_summary(&done)
+            );
+        }
+        Ok(())
+    });
+}
