@@ -60,10 +60,16 @@ async fn metrics(node: web::Data<Node>) -> HttpResponse {
     let body = format!(
         "# TYPE kiln_storage_commits_total counter\nkiln_storage_commits_total {}\n\
          # TYPE kiln_storage_fsyncs_total counter\nkiln_storage_fsyncs_total {}\n\
+         # TYPE kiln_storage_written_bytes_total counter\nkiln_storage_written_bytes_total {}\n\
+         # TYPE kiln_storage_invocation_rows_read_total counter\nkiln_storage_invocation_rows_read_total {}\n\
+         # TYPE kiln_storage_index_rows_read_total counter\nkiln_storage_index_rows_read_total {}\n\
          # TYPE kiln_invocations_inflight gauge\nkiln_invocations_inflight {}\n\
          # TYPE kiln_objects_active gauge\nkiln_objects_active {}\n",
         stats.commits.load(Ordering::Relaxed),
         stats.fsyncs.load(Ordering::Relaxed),
+        stats.bytes.load(Ordering::Relaxed),
+        node.store.stats.invocation_rows_read.load(Ordering::Relaxed),
+        node.store.stats.index_rows_read.load(Ordering::Relaxed),
         node.inflight(),
         node.objects.active().len(),
     );

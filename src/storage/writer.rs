@@ -158,6 +158,8 @@ struct Request {
 pub struct WriterStats {
     pub commits: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// Bytes of keys and values committed (what the journal must hold and replay).
+    pub bytes: AtomicU64,
 }
 
 /// Handle to the writer thread. Cheap to clone.
@@ -281,16 +283,21 @@ fn run(
                 Op::Delete(t, k) => batch.remove(tables.get(t), k),
             }
         }
-        for request in &mut group {
-            for op in request.batch.ops.drain(..) {
-                match op {
-                    Op::Put(t, k, v) => batch.insert(tables.get(t), k, v),
-                    Op::Delete(t, k) => batch.remove(tables.get(t), k),
-                }
+        let ops: Vec<Op> = group.iter_mut().flat_map(|r| r.batch.ops.drain(..)).collect();
+        let mut bytes = 0;
+        for op in last_writes(ops) {
+            bytes += match &op {
+                Op::Put(_, k, v) => k.len() + v.len(),
+                Op::Delete(_, k) => k.len(),
+            } as u64;
+            match op {
+                Op::Put(t, k, v) => batch.insert(tables.get(t), k, v),
+                Op::Delete(t, k) => batch.remove(tables.get(t), k),
             }
         }
         let result = batch.commit().map_err(|e| StorageError::Io(e.to_string()));
         stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        stats.bytes.fetch_add(bytes, Ordering::Relaxed);
         stats.commits.fetch_add(group.len() as u64, Ordering::Relaxed);
         let failed = result.is_err();
         for request in group.drain(..) {
@@ -302,5 +309,61 @@ fn run(
             tracing::error!(error = ?result, "storage commit failed; stopping the node");
             std::process::exit(70);
         }
+    }
+}
+
+/// The ops of a group with every write of a key but its last one dropped. The group commits
+/// atomically, so only the last write of a key can be observed; the others would only cost
+/// journal bytes (a call written with its first commit writes its record three times: created,
+/// running, finished) and replay time at the next start.
+fn last_writes(ops: Vec<Op>) -> Vec<Op> {
+    if ops.len() < 2 {
+        return ops;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(ops.len());
+    let keep: Vec<bool> = ops
+        .iter()
+        .rev()
+        .map(|op| match op {
+            Op::Put(t, k, _) | Op::Delete(t, k) => seen.insert((*t as u8, k.as_slice())),
+        })
+        .collect();
+    ops.into_iter()
+        .zip(keep.into_iter().rev())
+        .filter_map(|(op, keep)| keep.then_some(op))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_last_write_of_a_key_is_kept() {
+        let put = |t, k: &[u8], v: &[u8]| Op::Put(t, k.to_vec(), v.to_vec());
+        let del = |t, k: &[u8]| Op::Delete(t, k.to_vec());
+        let ops = vec![
+            put(Table::Invocations, b"a", b"created"),
+            put(Table::Inbox, b"q", b""),
+            put(Table::Invocations, b"a", b"running"),
+            put(Table::Journal, b"a", b"entry"), // same key, other table: kept
+            put(Table::Invocations, b"a", b"finished"),
+            del(Table::Inbox, b"q"),
+        ];
+        let kept: Vec<String> = last_writes(ops)
+            .iter()
+            .map(|op| match op {
+                Op::Put(t, k, v) => format!(
+                    "put {t:?} {} {}",
+                    String::from_utf8_lossy(k),
+                    String::from_utf8_lossy(v)
+                ),
+                Op::Delete(t, k) => format!("del {t:?} {}", String::from_utf8_lossy(k)),
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            ["put Journal a entry", "put Invocations a finished", "del Inbox q"]
+        );
     }
 }

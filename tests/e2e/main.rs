@@ -26,8 +26,9 @@ mod i3_sagas;
 mod i3_time;
 mod i3_twin;
 
-// The invocation core (issue 8): control racing completion, input ranges.
+// The invocation core (issue 8): control racing completion, input ranges, restart cost.
 mod j_control_races;
+mod j_restart_cost;
 
 // Cluster (docs/cluster.md): nodes behind a real nginx, join/leave and SIGKILL under load,
 // sagas across nodes, the web UI in a browser.
