@@ -101,6 +101,17 @@ impl ObjectActor {
         self.state.clone().expect("state is loaded in started()")
     }
 
+    /// Drops `id` from the queue, and its input from `held_bytes`.
+    fn dequeue(&mut self, id: InvocationId) {
+        self.queue.retain(|q| q.id != id);
+        self.held_bytes = self
+            .queue
+            .iter()
+            .filter_map(|q| q.loaded.as_ref())
+            .map(input_bytes)
+            .sum();
+    }
+
     fn run_next(&mut self, ctx: &mut Context<Self>) {
         if self.running_exclusive || self.head_suspended {
             return;
@@ -167,13 +178,7 @@ impl ObjectActor {
         if head && self.running_exclusive {
             return; // its driver sees the kill and returns
         }
-        self.queue.retain(|q| q.id != id);
-        self.held_bytes = self
-            .queue
-            .iter()
-            .filter_map(|q| q.loaded.as_ref())
-            .map(input_bytes)
-            .sum();
+        self.dequeue(id);
         self.node.killed.lock().expect("killed lock").remove(&id);
         if head {
             self.head_suspended = false;
@@ -252,13 +257,7 @@ impl ObjectActor {
                     }
                     match result {
                         Err(e) => {
-                            act.queue.retain(|q| q.id != id);
-                            act.held_bytes = act
-                                .queue
-                                .iter()
-                                .filter_map(|q| q.loaded.as_ref())
-                                .map(input_bytes)
-                                .sum();
+                            act.dequeue(id);
                             let _ = reply.send(Err(SubmitError::Storage(e)));
                         }
                         Ok(()) => {
