@@ -533,8 +533,15 @@ impl Node {
             })
             .await;
             if let Ok(Ok(batch)) = expired {
-                if !batch.is_empty() {
-                    if let Err(e) = self.store.writer.commit(batch).await {
+                // One batch per partition (every batch writes one), queued together so they
+                // share one group commit.
+                let commits: Vec<_> = batch
+                    .into_partitions()
+                    .into_iter()
+                    .map(|b| self.store.writer.commit(b))
+                    .collect();
+                for commit in commits {
+                    if let Err(e) = commit.await {
                         tracing::warn!(error = %e, "sweep failed");
                     }
                 }

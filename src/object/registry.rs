@@ -84,8 +84,17 @@ impl ObjectRegistry {
         let arbiter = &self.arbiters
             [(stable_hash(&[object.service.as_bytes(), object.key.as_bytes()]) % self.arbiters.len() as u64) as usize];
         let (node, object_owned, h) = (node.clone(), object.clone(), handle.clone());
-        let addr = ObjectActor::start_in_arbiter(arbiter, move |_| ObjectActor::new(node, object_owned, h));
-        Slot { addr, handle }
+        // The mailbox gets its capacity now, not when the actor starts on its arbiter: until
+        // then actix's default (16) would refuse a burst of requests to a cold object.
+        let (tx, rx) = actix::dev::channel::channel(MAILBOX_CAPACITY);
+        arbiter.spawn_fn(move || {
+            let ctx = actix::Context::with_receiver(rx);
+            actix::spawn(ctx.into_future(ObjectActor::new(node, object_owned, h)));
+        });
+        Slot {
+            addr: actix::Addr::new(tx),
+            handle,
+        }
     }
 
     /// Removes the actor if nothing is on its way to it. Called by the actor itself.

@@ -40,6 +40,9 @@ pub enum StorageError {
     Stopped,
     #[error("partition {0} is not served by this node (it moved or is moving)")]
     NotOwner(u16),
+    /// A bug: every batch writes one partition (the unit a replicated log would carry).
+    #[error("a batch wrote partitions {0} and {1}: every batch must write one partition")]
+    SpansPartitions(u16, u16),
 }
 
 impl From<fjall::Error> for StorageError {

@@ -13,8 +13,8 @@ fn rt() -> tokio::runtime::Runtime {
 #[test]
 fn committed_batches_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let id = InvocationId::new(7);
     let object = ObjectId::new("Counter", "a");
+    let id = InvocationId::new(object.partition_key()); // one partition: one batch
     {
         let store = Store::open(dir.path()).unwrap();
         let mut batch = WriteBatch::new();
@@ -32,6 +32,21 @@ fn committed_batches_survive_reopen() {
     assert_eq!(store.object_state(&object).unwrap()["count"], Bytes::from_static(b"41"));
     assert_eq!(store.inbox(&object).unwrap(), vec![(3, id)]);
     assert_eq!(store.objects_with_inbox(&|_| true).unwrap(), vec![object]);
+}
+
+#[test]
+fn a_batch_writes_one_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b) = (InvocationId::new(5), InvocationId::new(6));
+    assert_ne!(a.partition(), b.partition());
+    let mut batch = WriteBatch::new();
+    batch.put(Table::Journal, keys::journal_entry(&a, 0), vec![1]);
+    batch.put(Table::Journal, keys::journal_entry(&b, 0), vec![1]);
+    batch.put(Table::Cluster, b"membership".to_vec(), vec![1]); // not partitioned: allowed
+    let refused = rt().block_on(store.writer.commit(batch));
+    assert!(matches!(refused, Err(StorageError::SpansPartitions(..))), "{refused:?}");
+    assert!(store.journal(&a).unwrap().is_empty() && store.journal(&b).unwrap().is_empty());
 }
 
 #[test]
@@ -118,8 +133,11 @@ fn reopen(dir: &Path) -> Store {
     panic!("{} stays locked", dir.display());
 }
 
+/// Commits `batch`, one batch per partition it writes (as the writer requires).
 fn commit(store: &Store, batch: WriteBatch) {
-    rt().block_on(store.writer.commit(batch)).unwrap();
+    for part in batch.into_partitions() {
+        rt().block_on(store.writer.commit(part)).unwrap();
+    }
 }
 
 fn rows(store: &Store, table: Table) -> Vec<Vec<u8>> {

@@ -142,6 +142,22 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
+    /// This batch split into one per partition written (unpartitioned writes go with the
+    /// first), in key order of partitions; each may be committed on its own.
+    pub fn into_partitions(self) -> Vec<WriteBatch> {
+        let mut by_partition: std::collections::BTreeMap<Option<u16>, WriteBatch> = Default::default();
+        for op in self.ops {
+            let (Op::Put(t, k, _) | Op::Delete(t, k)) = &op;
+            let partition = t.is_partitioned().then(|| key_partition(k));
+            let part = by_partition.entry(partition).or_insert_with(|| WriteBatch {
+                ops: Vec::new(),
+                bypass_gate: self.bypass_gate,
+            });
+            part.ops.push(op);
+        }
+        by_partition.into_values().collect()
+    }
+
     /// Moves every write of `other` into this batch.
     pub fn append(&mut self, mut other: WriteBatch) {
         self.ops.append(&mut other.ops);
@@ -201,12 +217,16 @@ impl Writer {
         if lazy.len() >= LAZY_MAX {
             let ops = std::mem::take(&mut *lazy);
             drop(lazy);
-            let (done, _) = oneshot::channel();
-            let batch = WriteBatch {
+            // Committed alone, one batch per partition (queue full: lost, harmlessly).
+            for batch in (WriteBatch {
                 ops,
                 bypass_gate: false,
-            };
-            let _ = self.tx.try_send(Request { batch, done }); // full: lost, harmlessly
+            })
+            .into_partitions()
+            {
+                let (done, _) = oneshot::channel();
+                let _ = self.tx.try_send(Request { batch, done });
+            }
         }
     }
 
@@ -227,18 +247,34 @@ impl Writer {
     }
 }
 
-/// The first partition `batch` writes that the gate closes, if any.
-fn refused_partition(batch: &WriteBatch, gate: &PartitionGate) -> Option<u16> {
+/// Why the writer refuses `batch`, if it does: it writes more than one partition (each batch
+/// is one partition's, the unit a replicated log per partition would carry), or a partition the
+/// gate does not mark `Owned`. Partition moves bypass both.
+fn refusal(batch: &WriteBatch, gate: &PartitionGate) -> Option<StorageError> {
     if batch.bypass_gate {
         return None;
     }
-    batch.ops.iter().find_map(|op| {
+    let mut written: Option<u16> = None;
+    for op in &batch.ops {
         let (table, key) = match op {
             Op::Put(t, k, _) | Op::Delete(t, k) => (*t, k),
         };
+        if !table.is_partitioned() {
+            continue;
+        }
         let partition = key_partition(key);
-        (table.is_partitioned() && !gate.owns(partition)).then_some(partition)
-    })
+        match written {
+            Some(first) if first != partition => return Some(StorageError::SpansPartitions(first, partition)),
+            Some(_) => {}
+            None => {
+                if !gate.owns(partition) {
+                    return Some(StorageError::NotOwner(partition));
+                }
+                written = Some(partition);
+            }
+        }
+    }
+    None
 }
 
 fn run(
@@ -249,11 +285,14 @@ fn run(
     gate: Arc<PartitionGate>,
 ) {
     let mut group: Vec<Request> = Vec::with_capacity(GROUP_MAX);
-    let admit = |request: Request, group: &mut Vec<Request>| match refused_partition(&request.batch, &gate) {
+    let admit = |request: Request, group: &mut Vec<Request>| match refusal(&request.batch, &gate) {
         // Checked here, in commit order: once a partition is closed and a later (empty) commit
         // has returned, nothing more of it reaches disk.
-        Some(partition) => {
-            let _ = request.done.send(Err(StorageError::NotOwner(partition)));
+        Some(refused) => {
+            if let StorageError::SpansPartitions(..) = refused {
+                tracing::error!(error = %refused, "batch refused");
+            }
+            let _ = request.done.send(Err(refused));
         }
         None => group.push(request),
     };

@@ -417,3 +417,38 @@ fn f_inbox_capped_by_bytes() {
         Ok(())
     });
 }
+
+/// A burst of requests to an object whose actor is not running yet is queued, not refused: the
+/// mailbox has its capacity from the start (actix's default, 16, refused the rest with 429).
+#[test]
+fn f_cold_object_takes_a_burst() {
+    run(
+        "f_cold_object_takes_a_burst",
+        Duration::from_secs(120),
+        |env| async move {
+            let kiln = Kiln::start(&env, KilnOpts::default()).await?;
+            let svc = Service::start(&env, Jar::Counter, &[]).await?;
+            register_expect(&kiln, &svc.uri(), &["Counter"]).await?;
+            for round in 0..5 {
+                let url = format!("{}/Counter/cold-{round}/add/send", kiln.ingress());
+                let sends = (0..200).map(|_| kiln.http.post(&url, "1", &[]));
+                let answers = futures_util::future::join_all(sends).await;
+                let refused: Vec<String> = answers
+                    .iter()
+                    .filter_map(|r| match r {
+                        Ok(resp) if resp.status == 202 => None,
+                        Ok(resp) => Some(format!("{} {}", resp.status, resp.text())),
+                        Err(e) => Some(e.to_string()),
+                    })
+                    .collect();
+                ensure!(
+                    refused.is_empty(),
+                    "round {round}: {} of 200 sends to a cold object refused, e.g. {}",
+                    refused.len(),
+                    refused[0]
+                );
+            }
+            Ok(())
+        },
+    );
+}
