@@ -240,9 +240,6 @@ impl Node {
         if let Some(message) = transition.create {
             return self.create_retrying(message.into_invocation(), extra, "delivery").await;
         }
-        if transition.refused.is_none() {
-            tracing::debug!(partition, "delivery.answered_instead");
-        }
         let staged = self.stage_writes(&mut extra, partition, transition.writes);
         if self.commit_retrying(extra).await.is_err() {
             return false;

@@ -95,7 +95,7 @@ mod tests {
         for (operation, from, want) in steps {
             let t = apply(&memory, op(operation.clone(), from)).expect("reads");
             assert_eq!(answers(&t), want, "{operation:?} from {from}");
-            memory.apply(&t, 0);
+            memory.apply(&t);
         }
     }
 }

@@ -34,7 +34,7 @@ impl Memory {
 
     /// Applies `t`'s writes (not its creation: the owner of the object numbers that); returns
     /// the outbox sequence numbers of the messages it staged, in order.
-    pub fn apply(&mut self, t: &Transition, _now_ms: u64) -> Vec<u64> {
+    pub fn apply(&mut self, t: &Transition) -> Vec<u64> {
         let mut staged = Vec::new();
         for write in &t.writes {
             match write.clone() {

@@ -63,6 +63,21 @@ enum Op {
     Delete(Table, Vec<u8>),
 }
 
+impl Op {
+    /// The table and key it writes.
+    fn target(&self) -> (Table, &[u8]) {
+        match self {
+            Op::Put(t, k, _) | Op::Delete(t, k) => (*t, k),
+        }
+    }
+
+    /// The partition it writes, if its table is partitioned.
+    fn partition(&self) -> Option<u16> {
+        let (table, key) = self.target();
+        table.is_partitioned().then(|| key_partition(key))
+    }
+}
+
 /// Writes that must become durable together (one step: entry + state + inbox + ...).
 #[derive(Default, Clone)]
 pub struct WriteBatch {
@@ -147,9 +162,7 @@ impl WriteBatch {
     pub fn into_partitions(self) -> Vec<WriteBatch> {
         let mut by_partition: std::collections::BTreeMap<Option<u16>, WriteBatch> = Default::default();
         for op in self.ops {
-            let (Op::Put(t, k, _) | Op::Delete(t, k)) = &op;
-            let partition = t.is_partitioned().then(|| key_partition(k));
-            let part = by_partition.entry(partition).or_insert_with(|| WriteBatch {
+            let part = by_partition.entry(op.partition()).or_insert_with(|| WriteBatch {
                 ops: Vec::new(),
                 bypass_gate: self.bypass_gate,
             });
@@ -255,14 +268,7 @@ fn refusal(batch: &WriteBatch, gate: &PartitionGate) -> Option<StorageError> {
         return None;
     }
     let mut written: Option<u16> = None;
-    for op in &batch.ops {
-        let (table, key) = match op {
-            Op::Put(t, k, _) | Op::Delete(t, k) => (*t, k),
-        };
-        if !table.is_partitioned() {
-            continue;
-        }
-        let partition = key_partition(key);
+    for partition in batch.ops.iter().filter_map(Op::partition) {
         match written {
             Some(first) if first != partition => return Some(StorageError::SpansPartitions(first, partition)),
             Some(_) => {}
@@ -309,20 +315,14 @@ fn run(
         }
         let _span = tracing::trace_span!("storage.commit", commits = group.len()).entered();
         let mut batch = tables.db.batch().durability(Some(PersistMode::SyncData));
+        // Piggybacked writes first; one of a partition that moved away is dropped (its new
+        // owner sends the message again).
         let riders = std::mem::take(&mut *lazy.lock().expect("lazy lock"));
-        for op in riders {
-            let (table, key) = match &op {
-                Op::Put(t, k, _) | Op::Delete(t, k) => (*t, k),
-            };
-            if table.is_partitioned() && !gate.owns(key_partition(key)) {
-                continue; // moved away: its new owner sends the message again
-            }
-            match op {
-                Op::Put(t, k, v) => batch.insert(tables.get(t), k, v),
-                Op::Delete(t, k) => batch.remove(tables.get(t), k),
-            }
-        }
-        let ops: Vec<Op> = group.iter_mut().flat_map(|r| r.batch.ops.drain(..)).collect();
+        let ops: Vec<Op> = riders
+            .into_iter()
+            .filter(|op| op.partition().is_none_or(|p| gate.owns(p)))
+            .chain(group.iter_mut().flat_map(|r| r.batch.ops.drain(..)))
+            .collect();
         let mut bytes = 0;
         for op in last_writes(ops) {
             bytes += match &op {
@@ -363,8 +363,9 @@ fn last_writes(ops: Vec<Op>) -> Vec<Op> {
     let keep: Vec<bool> = ops
         .iter()
         .rev()
-        .map(|op| match op {
-            Op::Put(t, k, _) | Op::Delete(t, k) => seen.insert((*t as u8, k.as_slice())),
+        .map(|op| {
+            let (table, key) = op.target();
+            seen.insert((table as u8, key))
         })
         .collect();
     ops.into_iter()

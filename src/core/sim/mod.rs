@@ -304,7 +304,7 @@ impl Sim {
         for seq in std::mem::take(&mut n.acked) {
             n.log.outbox.remove(&seq);
         }
-        for seq in n.log.apply(transition, self.now_ms) {
+        for seq in n.log.apply(transition) {
             n.staged_in.insert(seq, epoch);
         }
         if let Some((object, value)) = count {
