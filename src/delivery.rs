@@ -12,28 +12,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
 use crate::cluster::{peer, Placement};
 pub use crate::core::Completer;
-use crate::core::{Action, Command, Refusal, Transition, Write};
+use crate::core::{Command, Transition, Write};
 use crate::ids::InvocationId;
-use crate::invocation::Invocation;
-use crate::invoker::AttemptSignal;
 use crate::journal::CompletionResult;
-use crate::node::{Creation, Node};
-use crate::object::SubmitError;
+use crate::node::Node;
+pub use crate::object::CompleteError;
+use crate::object::{ObjectMsg, Owner, SubmitError};
 use crate::storage::{
-    encode, key_partition, HandlerKind, InvokeMessage, OutboxMessage, PromiseMessage, StorageError, Table, WriteBatch,
+    encode, key_partition, InvokeMessage, OutboxMessage, PromiseMessage, StorageError, Table, WriteBatch,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum CompleteError {
-    #[error("no such entry to complete")]
-    NotFound,
-    #[error("already completed")]
-    AlreadyCompleted,
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
 
 /// A completion message has taken effect (or never can: its entry is gone or already done).
 fn delivered(result: Result<(), CompleteError>) -> bool {
@@ -41,6 +32,37 @@ fn delivered(result: Result<(), CompleteError>) -> bool {
         result,
         Ok(()) | Err(CompleteError::NotFound) | Err(CompleteError::AlreadyCompleted)
     )
+}
+
+/// Back-pressure a durable message waits out (its row stays durable meanwhile).
+fn is_back_pressure(e: &SubmitError) -> bool {
+    matches!(
+        e,
+        SubmitError::InboxFull(_)
+            | SubmitError::InboxBytesFull(_)
+            | SubmitError::MailboxFull(_)
+            | SubmitError::Storage(StorageError::Overloaded)
+    )
+}
+
+/// Sends a command to `owner` (built around its reply channel) until its mailbox takes it,
+/// and waits for the answer. `None`: the owner stopped before answering.
+async fn ask<T>(node: &Arc<Node>, owner: &Owner, msg: impl Fn(oneshot::Sender<T>) -> ObjectMsg) -> Option<T> {
+    let mut delay = Duration::from_millis(10);
+    loop {
+        let (reply, answer) = oneshot::channel();
+        match node.objects.send(node, owner, msg(reply)) {
+            Ok(()) => return answer.await.ok(),
+            Err(SubmitError::MailboxFull(_)) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::warn!(%owner, error = %e, "owner unreachable");
+                return None;
+            }
+        }
+    }
 }
 
 impl Node {
@@ -99,39 +121,6 @@ impl Node {
         }
     }
 
-    /// Creates an invocation, waiting out back-pressure (a full inbox, mailbox, writer queue or
-    /// in-flight limit): the row that carries it stays durable meanwhile. Any other error is
-    /// logged; the carrying row is then retried on restart. Returns whether it was created.
-    async fn create_retrying(self: &Arc<Self>, invocation: Invocation, extra: WriteBatch, what: &str) -> bool {
-        let id = invocation.id;
-        let mut delay = Duration::from_millis(20);
-        loop {
-            let creation = Creation {
-                invocation: invocation.clone(),
-                extra: extra.clone(),
-                admitted: true,
-            };
-            match self.create(creation).await {
-                Ok(()) => return true,
-                Err(e @ (SubmitError::InboxFull(_) | SubmitError::InboxBytesFull(_) | SubmitError::MailboxFull(_)))
-                | Err(e @ SubmitError::Storage(StorageError::Overloaded)) => {
-                    tracing::debug!(error = %e, invocation_id = %id, what, "delivery.backoff");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(SubmitError::Storage(StorageError::NotOwner(p))) => {
-                    // A partition moved away meanwhile; nothing was written.
-                    tracing::debug!(partition = p, invocation_id = %id, what, "delivery.moved");
-                    return false;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, invocation_id = %id, what, "cannot create invocation; retried on restart");
-                    return false;
-                }
-            }
-        }
-    }
-
     /// Delivers one message, here or at the node that owns its target. `key` is its outbox
     /// row, deleted with (or, for another node, after) the message's effect. Returns whether
     /// the effect is durable; if not, the row stays and is delivered again later.
@@ -154,13 +143,13 @@ impl Node {
     }
 
     async fn deliver_here(self: &Arc<Self>, key: Option<Vec<u8>>, message: OutboxMessage, redelivery: bool) -> bool {
-        let extra = WriteBatch::new();
         let delivered = match message {
-            OutboxMessage::Invoke(invoke) => self.deliver_invoke(invoke, extra, redelivery).await,
-            OutboxMessage::Complete { target, index, result } => {
-                delivered(self.complete(target, index, result, extra, Completer::Message).await)
-            }
-            OutboxMessage::Promise(promise) => self.deliver_promise(promise, extra).await,
+            OutboxMessage::Invoke(invoke) => self.deliver_invoke(invoke, redelivery).await,
+            OutboxMessage::Complete { target, index, result } => delivered(
+                self.complete(target, index, result, WriteBatch::new(), Completer::Message)
+                    .await,
+            ),
+            OutboxMessage::Promise(promise) => self.deliver_promise(promise).await,
         };
         if delivered {
             if let Some(key) = key {
@@ -214,151 +203,111 @@ impl Node {
         true
     }
 
-    async fn deliver_invoke(self: &Arc<Self>, invoke: InvokeMessage, mut extra: WriteBatch, redelivery: bool) -> bool {
-        let partition = invoke.id.partition();
-        // A message sent again (after a crash or a lost answer) may be applied concurrently
-        // with its first copy, and a workflow run may be created by an ingress request at the
-        // same time: decide and create under the id's lock (the one `Node::submit` takes).
-        let _dedup = if redelivery || invoke.kind == HandlerKind::Workflow {
-            Some(self.stripe(&invoke.id).lock().await)
-        } else {
-            None
-        };
-        let transition = match self
-            .decide(Command::Invoke {
-                message: invoke,
+    /// Hands a durable message creating an invocation to its owner, waiting out
+    /// back-pressure; returns whether it took effect.
+    async fn deliver_invoke(self: &Arc<Self>, invoke: InvokeMessage, redelivery: bool) -> bool {
+        let (id, owner) = (invoke.id, Owner::of_message(&invoke));
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let message = invoke.clone();
+            let created = ask(self, &owner, |reply| ObjectMsg::Deliver {
+                message: message.clone(),
                 redelivery,
+                reply: Box::new(move |created| {
+                    let _ = reply.send(created);
+                }),
             })
-            .await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot check for a duplicate; retried on restart");
-                return false;
+            .await;
+            let created = match created {
+                Some(created) => created,
+                None => self.answered(id, None).await,
+            };
+            match created {
+                Ok(_) => return true,
+                Err(e) if is_back_pressure(&e) => {
+                    tracing::debug!(error = %e, invocation_id = %id, "delivery.backoff");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(SubmitError::Storage(StorageError::NotOwner(p))) => {
+                    // A partition moved away meanwhile; nothing was written.
+                    tracing::debug!(partition = p, invocation_id = %id, "delivery.moved");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, invocation_id = %id, "cannot create invocation; retried on restart");
+                    return false;
+                }
             }
-        };
-        if let Some(message) = transition.create {
-            return self.create_retrying(message.into_invocation(), extra, "delivery").await;
         }
-        let staged = self.stage_writes(&mut extra, partition, transition.writes);
-        if self.commit_retrying(extra).await.is_err() {
-            return false;
-        }
-        for (key, message) in staged {
-            Box::pin(self.deliver(Some(key), message, false)).await;
-        }
-        true
     }
 
-    /// Completes entry `index` of `target` with `result` (once), then wakes the invocation.
+    /// Completes entry `index` of `target` with `result` (once), committing `extra` with it,
+    /// through the target's owner, which then wakes it.
     pub async fn complete(
         self: &Arc<Self>,
         target: InvocationId,
         index: u32,
         result: CompletionResult,
-        mut extra: WriteBatch,
+        extra: WriteBatch,
         completer: Completer,
     ) -> Result<(), CompleteError> {
-        let _guard = self.stripe(&target).lock().await;
-        let transition = self
-            .decide(Command::Complete {
-                target,
-                index,
-                result,
-                by: completer,
-            })
-            .await?;
-        // The carrying row goes either way: a refused completion can never take effect.
-        let staged = self.stage_writes(&mut extra, target.partition(), transition.writes);
-        debug_assert!(staged.is_empty(), "a completion stages no messages");
-        self.commit_retrying(extra).await?;
-        match transition.refused {
-            Some(Refusal::AlreadyCompleted) => return Err(CompleteError::AlreadyCompleted),
-            Some(_) => return Err(CompleteError::NotFound),
-            None => {}
-        }
-        for action in transition.actions {
-            if let Action::Wake { target, index, result } = action {
-                self.wake(target, AttemptSignal::Completion { index, result }, Some(index));
-            }
-        }
-        Ok(())
+        let Some(owner) = self.owner_of(target).await? else {
+            // No such invocation (swept): the carrying row goes anyway.
+            self.commit_retrying(extra).await?;
+            return Err(CompleteError::NotFound);
+        };
+        ask(self, &owner, |reply| ObjectMsg::Complete {
+            target,
+            index,
+            result: result.clone(),
+            extra: extra.clone(),
+            by: completer,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(CompleteError::Storage(StorageError::Io("owner stopped".into()))))
     }
 
-    /// Tells a running attempt about `signal`, or resumes a suspended invocation waiting on
-    /// `index` (any index when `None`). Call with the invocation's stripe lock held.
-    pub(crate) fn wake(self: &Arc<Self>, target: InvocationId, signal: AttemptSignal, index: Option<u32>) {
-        if let Some(tx) = self.attempts.lock().expect("attempts lock").get(&target) {
-            // If the channel is full or closed, the attempt is ending: its suspension check
-            // (under the same stripe lock) reads the result from storage.
-            let _ = tx.try_send(signal);
-            return;
-        }
-        let resume = {
-            let mut suspended = self.suspended.lock().expect("suspended lock");
-            match suspended.get(&target) {
-                Some(waiting) if index.is_none_or(|i| waiting.contains(&i)) => {
-                    suspended.remove(&target);
-                    true
+    async fn deliver_promise(self: &Arc<Self>, message: PromiseMessage) -> bool {
+        let owner = Owner::Object(message.object.clone());
+        ask(self, &owner, |reply| ObjectMsg::Promise {
+            message: message.clone(),
+            reply,
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Turns a scheduled invocation into a pending one (its timer fired), through its owner.
+    pub(crate) async fn activate(self: &Arc<Self>, id: InvocationId, timer_key: Vec<u8>) {
+        match self.owner_of(id).await {
+            Ok(Some(owner)) => {
+                if let Err(e) = self.objects.send(self, &owner, ObjectMsg::Activate { id, timer_key }) {
+                    tracing::warn!(invocation_id = %id, error = %e, "activation deferred");
                 }
-                _ => false,
             }
-        };
-        if resume {
-            self.resume(target);
+            Ok(None) => {
+                let mut batch = WriteBatch::new();
+                batch.delete(Table::Timers, timer_key);
+                let _ = self.commit_retrying(batch).await;
+            }
+            Err(e) => tracing::error!(error = %e, invocation_id = %id, "cannot activate; retried on restart"),
         }
     }
 
-    async fn deliver_promise(self: &Arc<Self>, message: PromiseMessage, mut batch: WriteBatch) -> bool {
-        let object = message.object.clone();
-        let staged = {
-            let _guard = self.object_stripe(&object).lock().await;
-            let transition = match self.decide(Command::Promise(message)).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read promise; retried on restart");
-                    return false;
-                }
-            };
-            // Replies leave from the promise's partition: the one this node serves.
-            let partition = crate::ids::partition_of(object.partition_key());
-            let staged = self.stage_writes(&mut batch, partition, transition.writes);
-            if let Err(e) = self.commit_retrying(batch).await {
-                tracing::error!(error = %e, "cannot commit promise operation; retried on restart");
-                return false;
-            }
-            staged
-        };
+    /// Delivers `staged` messages (durable outbox rows) one after another, in order.
+    pub(crate) async fn deliver_all(self: &Arc<Self>, staged: Vec<(Vec<u8>, OutboxMessage)>) {
         for (key, message) in staged {
             Box::pin(self.deliver(Some(key), message, false)).await;
         }
-        true
     }
 
-    /// Turns a scheduled invocation into a pending one (its timer fired).
-    pub(crate) async fn activate(self: &Arc<Self>, id: InvocationId, timer_key: Vec<u8>) {
-        let _guard = self.stripe(&id).lock().await;
-        let store = self.store.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
-            Ok(match store.invocation(&id)? {
-                Some(record) => Some((record, store.journal(&id)?)),
-                None => None,
-            })
-        })
-        .await;
-        let mut extra = WriteBatch::new();
-        extra.delete(Table::Timers, timer_key);
-        match loaded {
-            Ok(Ok(Some((record, journal)))) if let Some(pending) = crate::core::attempt::activated(&record) => {
-                let invocation = Invocation::new(id, pending, journal);
-                let _ = self.create_retrying(invocation, extra, "activation").await;
-            }
-            Ok(Ok(_)) => {
-                let _ = self.commit_retrying(extra).await;
-            }
-            other => {
-                tracing::error!(error = ?other.err(), invocation_id = %id, "cannot activate; retried on restart")
-            }
+    /// `deliver_all` in a task of its own (an owner never waits for a receiver).
+    pub(crate) fn deliver_in_background(self: &Arc<Self>, staged: Vec<(Vec<u8>, OutboxMessage)>) {
+        if !staged.is_empty() {
+            let node = self.clone();
+            actix_rt::spawn(async move { node.deliver_all(staged).await });
         }
     }
 }

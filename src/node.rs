@@ -1,32 +1,27 @@
-//! A Kiln node: opens storage, recovers, and serves ingress and admin. Also the one place that
-//! turns a request or a message into a durable invocation (`create`).
+//! A Kiln node: opens storage, recovers, and serves ingress and admin. An ingress request
+//! becomes an invocation here (`submit`), handed to its owner (`object`), which creates it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Arbiter;
 use actix_web::{web, App, HttpServer};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::ids::{partition_of, stable_hash, InvocationId, ObjectId};
-use crate::invocation::{drive, Invocation, LiveTable, Waiters};
-use crate::invoker::AttemptSignal;
+use crate::ids::{stable_hash, InvocationId, ObjectId};
+use crate::invocation::{Invocation, LiveTable, Waiters};
 use crate::journal::Output;
-use crate::object::{ObjectMsg, ObjectRegistry, SubmitError};
+use crate::object::{Created, ObjectMsg, ObjectRegistry, Owner, SubmitError};
 use crate::schema::SchemaRegistry;
 use crate::storage::{
     key_partition, keys, now_ms, HandlerKind, InvocationStatus, InvokeMessage, OutboxMessage, PartitionGate,
-    PartitionState, StorageError, Store, Table, TimerRecord, WriteBatch,
+    PartitionState, StorageError, Store, Table, WriteBatch,
 };
 use crate::timers::TimerService;
-
-/// Lock stripes serialising completions, suspensions, cancels and promise operations per
-/// invocation or workflow object.
-const STRIPES_COUNT: usize = 256;
 
 pub struct Node {
     pub config: Config,
@@ -41,15 +36,6 @@ pub struct Node {
     pub(crate) handoff_lock: tokio::sync::Mutex<()>,
     /// Unfinished invocations held by this node (bounded by `max_inflight_invocations`).
     inflight: AtomicUsize,
-    stripes: Vec<tokio::sync::Mutex<()>>,
-    /// Signal channels of running attempts.
-    pub(crate) attempts: Mutex<HashMap<InvocationId, mpsc::Sender<AttemptSignal>>>,
-    /// Suspended invocations and the entries they wait on.
-    pub(crate) suspended: Mutex<HashMap<InvocationId, Vec<u32>>>,
-    /// Invocations ended by `kill` while no attempt ran: a driver that finds its id here stops
-    /// without writing (the end is already durable).
-    pub(crate) killed: Mutex<HashSet<InvocationId>>,
-    pub(crate) cancel_requests: Mutex<HashSet<InvocationId>>,
     outbox_seq: AtomicU64,
 }
 
@@ -91,17 +77,6 @@ pub struct Submitted {
     pub output: Option<oneshot::Receiver<Output>>,
 }
 
-/// A new invocation plus writes that must commit with its creation (e.g. deleting the outbox
-/// row or timer that carried it).
-pub struct Creation {
-    pub invocation: Invocation,
-    pub extra: WriteBatch,
-    /// Work already admitted — a durable message or timer carries it — is never refused by the
-    /// in-flight limit: refusing it could only be retried, and at start-up that retry would wait
-    /// for invocations that are not resumed yet. Only new ingress requests are refused (429).
-    pub admitted: bool,
-}
-
 /// Id of the run of workflow (service, key): deterministic, so a second run finds the first.
 pub fn workflow_run_id(object: &ObjectId) -> InvocationId {
     let mut id = InvocationId::new(object.partition_key());
@@ -123,17 +98,21 @@ impl Node {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn stripe(&self, id: &InvocationId) -> &tokio::sync::Mutex<()> {
-        &self.stripes[(stable_hash(&[&id.0]) % STRIPES_COUNT as u64) as usize]
+    /// Counts a new unfinished invocation in, unless the node holds `max_inflight_invocations`
+    /// already and it is not `admitted` (carried by a durable message or timer: refusing that
+    /// could only be retried, and at start-up the retry would wait for invocations not resumed
+    /// yet). Only new ingress requests are refused (429).
+    pub(crate) fn admit(&self, admitted: bool) -> bool {
+        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.config.max_inflight_invocations && !admitted {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
-    /// The stripe on which duplicates of one idempotency row meet.
-    pub(crate) fn dedup_stripe(&self, row: &[u8]) -> &tokio::sync::Mutex<()> {
-        &self.stripes[(stable_hash(&[row]) % STRIPES_COUNT as u64) as usize]
-    }
-
-    pub(crate) fn object_stripe(&self, object: &ObjectId) -> &tokio::sync::Mutex<()> {
-        &self.stripes[(object.partition_key() % STRIPES_COUNT as u64) as usize]
+    /// Undoes `admit` for a creation that failed.
+    pub(crate) fn release_inflight(&self) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// A fresh outbox key in `partition`, ordered after every earlier one.
@@ -141,7 +120,8 @@ impl Node {
         keys::outbox(partition, self.outbox_seq.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Makes an ingress `request` a durable invocation and starts it. Returns once it is on disk.
+    /// Makes an ingress `request` a durable invocation and starts it, through its owner.
+    /// Returns once it is on disk (or, unwritten, running).
     pub async fn submit(self: &Arc<Self>, request: Request) -> Result<Submitted, SubmitError> {
         let object = ObjectId::new(&request.service, &request.key);
         let id = match (request.kind, &request.idempotency_key) {
@@ -171,144 +151,71 @@ impl Node {
             idempotency_key: request.idempotency_key,
         };
         let mut invocation = message.into_invocation();
-        let dedup_row = invocation.idempotency_row();
-        if dedup_row.is_none() && request.kind != HandlerKind::Workflow {
-            // Nothing else can find it before it is written (no key to look it up by).
-            invocation.unwritten = request.awaits_output;
-            let output = invocation.unwritten.then(|| self.waiters.subscribe(id));
-            let created = self
-                .create(Creation {
-                    invocation,
-                    extra: WriteBatch::new(),
-                    admitted: false,
-                })
-                .await;
-            if let Err(e) = created {
-                drop(output);
-                self.waiters.prune(id);
-                return Err(e);
-            }
-            return Ok(Submitted {
+        // Duplicates of one idempotency key (or workflow key) meet in the owner, which looks
+        // the key up and creates in one step for them.
+        let lookup = invocation.idempotency_row().is_some() || request.kind == HandlerKind::Workflow;
+        // Nothing else can find it before it is written (no key to look it up by).
+        invocation.unwritten = !lookup && request.awaits_output;
+        let output = invocation.unwritten.then(|| self.waiters.subscribe(id));
+        let owner = Owner::of(id, &invocation.record);
+        let (reply, answer) = oneshot::channel();
+        let msg = ObjectMsg::Submit {
+            invocation,
+            extra: WriteBatch::new(),
+            lookup,
+            admitted: false,
+            reply: Box::new(move |created| {
+                let _ = reply.send(created);
+            }),
+        };
+        let created = match self.objects.send(self, &owner, msg) {
+            Ok(()) => self.answered(id, answer.await.ok()).await,
+            Err(e) => Err(e),
+        };
+        match created {
+            Ok(Created::New) => Ok(Submitted {
                 id,
                 existing: false,
                 output,
-            });
-        }
-        // Duplicates of one idempotency key (or workflow key) meet on one stripe: the look-up and
-        // the creation are atomic for them, and unrelated keys do not wait (the delivery of a
-        // workflow run takes the same stripe, `delivery::deliver_invoke`).
-        let workflow = request.kind == HandlerKind::Workflow;
-        let _gate = match &dedup_row {
-            Some(row) if !workflow => self.dedup_stripe(row).lock().await,
-            _ => self.stripe(&id).lock().await,
-        };
-        let store = self.store.clone();
-        let existing = tokio::task::spawn_blocking(move || -> Result<Option<InvocationId>, StorageError> {
-            // A workflow key runs once, whatever idempotency key each caller sends.
-            Ok(match dedup_row {
-                Some(row) if !workflow => store.idempotency(&row)?.map(|r| r.invocation_id),
-                _ => store.invocation(&id)?.map(|_| id),
-            })
-        })
-        .await
-        .map_err(|e| StorageError::Io(e.to_string()))??;
-        if let Some(existing) = existing {
-            return Ok(Submitted {
+            }),
+            Ok(Created::Existing(existing)) => Ok(Submitted {
                 id: existing,
                 existing: true,
                 output: None,
-            });
+            }),
+            Err(e) => {
+                drop(output);
+                self.waiters.prune(id);
+                Err(e)
+            }
         }
-        // Holding the gate until the creation batch is durable makes the next look-up see it.
-        self.create(Creation {
-            invocation,
-            extra: WriteBatch::new(),
-            admitted: false,
-        })
-        .await
-        .map(|()| Submitted {
-            id,
-            existing: false,
-            output: None,
-        })
     }
 
-    /// Persists a new invocation (with `extra`) and starts it — or, if it is scheduled for
-    /// later, persists it with its timer.
-    pub(crate) async fn create(self: &Arc<Self>, creation: Creation) -> Result<(), SubmitError> {
-        let Creation {
-            invocation,
-            extra,
-            admitted,
-        } = creation;
-        if invocation.record.status == InvocationStatus::Scheduled {
-            let due = invocation.record.not_before_ms.unwrap_or(0);
-            let timer_key = keys::timer(&invocation.id, due, u32::MAX);
-            let timer = TimerRecord::Activate {
-                invocation: invocation.id,
-            };
-            let mut batch = invocation.creation_batch();
-            batch.append(extra);
-            batch.put(Table::Timers, timer_key.clone(), crate::storage::encode(&timer));
-            self.store.writer.commit(batch).await?;
-            self.timers.register(timer_key, due, timer);
-            return Ok(());
-        }
-        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.config.max_inflight_invocations && !admitted {
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
-            return Err(SubmitError::TooManyInvocations);
-        }
-        let result = if invocation.record.kind == HandlerKind::Stateless && invocation.unwritten {
-            actix_rt::spawn(drive(self.clone(), invocation, None));
-            Ok(())
-        } else if invocation.record.kind == HandlerKind::Stateless {
-            let mut batch = invocation.creation_batch();
-            batch.append(extra);
-            match self.store.writer.commit(batch).await {
-                Ok(()) => {
-                    // Stateless: run on this thread, no hop.
-                    actix_rt::spawn(drive(self.clone(), invocation, None));
-                    Ok(())
+    /// The owner's answer about creating `id`. If the owner was evicted (its partition is
+    /// moving) before it answered, the gate has settled the creation batch by then — committed
+    /// before the freeze (and moved with the partition) or refused — so storage says which.
+    pub(crate) async fn answered(
+        &self,
+        id: InvocationId,
+        answer: Option<Result<Created, SubmitError>>,
+    ) -> Result<Created, SubmitError> {
+        match answer {
+            Some(created) => created,
+            None if !self.cluster.owns(id.partition()) => {
+                match blocking(&self.store, move |store| store.invocation(&id)).await {
+                    Ok(Some(_)) => Ok(Created::New),
+                    Ok(None) => Err(SubmitError::Storage(StorageError::NotOwner(id.partition()))),
+                    Err(e) => Err(e.into()),
                 }
-                Err(e) => Err(e.into()),
             }
-        } else {
-            let (reply, rx) = oneshot::channel();
-            let object = invocation.object();
-            let id = invocation.id;
-            let id_partition = id.partition();
-            match self.objects.send(
-                self,
-                &object,
-                ObjectMsg::Submit {
-                    invocation,
-                    extra,
-                    reply,
-                },
-            ) {
-                Ok(()) => match rx.await {
-                    Ok(result) => result,
-                    // The actor was evicted (its partition is moving) before it answered. The
-                    // gate has settled this batch by then — committed before the freeze (and
-                    // moved with the partition) or refused — so storage says which.
-                    Err(_) if !self.cluster.owns(id_partition) => {
-                        let store = self.store.clone();
-                        match tokio::task::spawn_blocking(move || store.invocation(&id)).await {
-                            Ok(Ok(Some(_))) => Ok(()),
-                            Ok(Ok(None)) => Err(SubmitError::Storage(StorageError::NotOwner(id_partition))),
-                            Ok(Err(e)) => Err(e.into()),
-                            Err(e) => Err(SubmitError::Storage(StorageError::Io(e.to_string()))),
-                        }
-                    }
-                    Err(_) => Err(SubmitError::Stopped),
-                },
-                Err(e) => Err(e),
-            }
-        };
-        if result.is_err() {
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            None => Err(SubmitError::Stopped),
         }
-        result
+    }
+
+    /// The owner of `id`, from its record (`None`: no such invocation here).
+    pub(crate) async fn owner_of(&self, id: InvocationId) -> Result<Option<Owner>, StorageError> {
+        let record = blocking(&self.store, move |store| store.invocation(&id)).await?;
+        Ok(record.map(|r| Owner::of(id, &r)))
     }
 
     /// Called once an invocation's end is durable.
@@ -319,7 +226,6 @@ impl Node {
     /// `counted`: the invocation was counted in flight (scheduled ones are not).
     pub(crate) fn finished_counted(&self, id: InvocationId, output: &Output, counted: bool) {
         self.live.remove(&id);
-        self.cancel_requests.lock().expect("cancel lock").remove(&id);
         if counted {
             let underflow = self
                 .inflight
@@ -430,7 +336,7 @@ impl Node {
             // Activation rebuilds the inbox queue and resumes its head.
             self.objects.activate(self, &object);
         }
-        for (n, (id, record)) in unfinished.into_iter().enumerate() {
+        for (id, record) in unfinished {
             if record.status == InvocationStatus::Scheduled {
                 continue; // its timer activates it
             }
@@ -438,26 +344,11 @@ impl Node {
             if record.kind.is_exclusive() {
                 continue; // resumed through its object's inbox
             }
-            // Read after redelivery, which may have completed some of its entries.
-            let journal = blocking(&self.store, move |store| store.journal(&id)).await?;
-            let invocation = Invocation::new(id, record, journal);
-            if invocation.record.status == InvocationStatus::Suspended && !invocation.can_resume() {
-                self.suspended
-                    .lock()
-                    .expect("suspended lock")
-                    .insert(id, invocation.record.waiting_on.clone());
-                continue;
-            }
-            if invocation.record.kind == HandlerKind::Shared {
-                let object = invocation.object();
-                if let Err(e) = self.objects.send(self, &object, ObjectMsg::ResumeShared(invocation)) {
-                    tracing::error!(invocation_id = %id, error = %e, "cannot resume shared invocation");
-                }
-            } else {
-                let node = self.clone();
-                self.objects.arbiter(n).spawn(async move {
-                    drive(node, invocation, None).await;
-                });
+            // Its owner reads it (after redelivery, which may have completed some of its
+            // entries) and runs it, or holds it while it stays suspended.
+            let owner = Owner::of(id, &record);
+            if let Err(e) = self.objects.send(self, &owner, ObjectMsg::Recover(id)) {
+                tracing::error!(invocation_id = %id, error = %e, "cannot resume invocation");
             }
         }
         tracing::info!(resumed, redelivered, "node.recovered");
@@ -465,19 +356,13 @@ impl Node {
     }
 
     /// Forgets everything held in memory for `partitions`, which this node stopped serving
-    /// (their rows are durable and now served elsewhere): actors, timers, suspensions,
-    /// waiters (who then wait at the new owner) and in-flight counts.
+    /// (their rows are durable and now served elsewhere): owners (with what they hold),
+    /// timers, waiters (who then wait at the new owner) and in-flight counts.
     pub(crate) async fn release_partitions(self: &Arc<Self>, partitions: &[u16]) {
         let set: HashSet<u16> = partitions.iter().copied().collect();
         let gone = |id: &InvocationId| set.contains(&id.partition());
-        self.objects.evict(|o| set.contains(&partition_of(o.partition_key())));
+        self.objects.evict(|p| set.contains(&p));
         self.timers.forget(|p| set.contains(&p));
-        self.suspended.lock().expect("suspended lock").retain(|id, _| !gone(id));
-        // Attempts of evicted actors were dropped; stale channels would swallow wake-ups if
-        // the partition ever came back.
-        self.attempts.lock().expect("attempts lock").retain(|id, _| !gone(id));
-        self.killed.lock().expect("killed lock").retain(|id| !gone(id));
-        self.cancel_requests.lock().expect("cancel lock").retain(|id| !gone(id));
         self.live.retain(|id| !gone(id));
         self.waiters.release(&gone);
         let store = self.store.clone();
@@ -551,7 +436,7 @@ impl Node {
 }
 
 /// Runs `read` on the blocking pool (fjall reads block).
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     store: &Store,
     read: impl FnOnce(&Store) -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
@@ -580,11 +465,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cluster,
         handoff_lock: tokio::sync::Mutex::new(()),
         inflight: AtomicUsize::new(0),
-        stripes: (0..STRIPES_COUNT).map(|_| tokio::sync::Mutex::new(())).collect(),
-        attempts: Mutex::new(HashMap::new()),
-        suspended: Mutex::new(HashMap::new()),
-        killed: Mutex::new(HashSet::new()),
-        cancel_requests: Mutex::new(HashSet::new()),
         outbox_seq: AtomicU64::new(0),
     });
     let gate = node.store.gate.clone();

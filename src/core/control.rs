@@ -1,8 +1,8 @@
 //! Cancel and kill against the progress of the invocation they target.
 //!
 //! Whoever holds an invocation's record — its running attempt, or, with no attempt running,
-//! the caller under the invocation's stripe lock — states where the invocation stands, and
-//! `decide` says what the command does there. The rule that fixes the races: once the output
+//! its owner (the object actor, through whose mailbox every command passes) — states where
+//! the invocation stands, and `decide` says what the command does there. The rule that fixes the races: once the output
 //! is submitted to storage, the invocation finishes with it; a cancel or kill is too late and
 //! says so, instead of overwriting the end (a cancel) or reporting `killed` for an invocation
 //! whose effect was applied (a kill).

@@ -1,47 +1,94 @@
-//! One actix actor per active virtual object (or workflow): it owns the object's inbox queue
-//! and its committed state cache, runs exclusive invocations one at a time in inbox order, and
-//! runs shared invocations concurrently on snapshots of state.
+//! The owners of invocations: one actix actor per virtual object (or workflow), holding all of
+//! its invocations, and one per stateless invocation. Every command for an invocation — its
+//! creation, a completion, a cancel or kill, a timer that activates it, a promise operation,
+//! the end of an attempt — is a message to its owner, so it is serialised with the
+//! invocation's own progress. No lock or table outside the actor decides any of it.
 //!
-//! Invariant: at most one exclusive invocation of an object runs (or is suspended) at a time:
-//! the actor is the only place that starts them, and the registry keeps one actor per object.
+//! How the actor serialises: a command that reads storage and then writes (a completion, a
+//! control with no attempt running, a suspension, an end, an activation) runs under
+//! `ctx.wait` — no other message of this owner is handled until its batch is durable. A plain
+//! creation pipelines (its commit shares a group commit with others); one that must first look
+//! its key up (idempotency key, workflow, redelivery) holds that key in `creating`, and the next
+//! command for the same key waits there until the first is settled.
+//!
+//! Invariants: at most one exclusive invocation of an object runs (or is suspended) at a time:
+//! the actor is the only place that starts them, and the registry keeps one actor per owner.
+//! An invocation's record is written by its owner, or — while an attempt runs — by the attempt.
 //! Boundary: the actor holds nothing that storage does not also hold, except ingress calls
 //! not written yet (`Invocation::unwritten`: nothing acknowledged them); it can be stopped at
 //! any time it is idle and re-created from storage.
 
+mod commands;
+mod creation;
+mod lifecycle;
+mod ordering;
 mod registry;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-pub use registry::{ActorHandle, ObjectRegistry, SubmitError};
+pub use commands::{CompleteError, ControlError};
+pub use creation::{Created, Reply};
+pub use registry::{ActorHandle, ObjectRegistry, Owner, SubmitError};
 
-use crate::ids::{InvocationId, ObjectId};
-use crate::invocation::{drive, DriveEnd, Invocation};
-use crate::invoker::StateCache;
+use crate::core::control::Control;
+use crate::core::Completer;
+use crate::ids::InvocationId;
+use crate::invocation::Invocation;
+use crate::invoker::{AttemptSignal, StateCache};
+use crate::journal::CompletionResult;
 use crate::node::Node;
-use crate::storage::{InvocationStatus, StorageError, WriteBatch};
+use crate::storage::{InvokeMessage, PromiseMessage, StorageError, WriteBatch};
 
-/// Messages an object actor handles.
+/// Messages an owner handles.
 pub enum ObjectMsg {
-    /// Persist a new invocation of this object (with `extra` writes in the same batch), then
-    /// run it (exclusive: through the inbox).
+    /// Create an invocation of this owner (with `extra` writes in its batch), then run it.
+    /// `lookup`: find an existing one by its idempotency row (or workflow id) first.
     Submit {
         invocation: Invocation,
         extra: WriteBatch,
-        reply: oneshot::Sender<Result<(), SubmitError>>,
+        lookup: bool,
+        /// Carried by a durable message or timer: never refused by the in-flight limit.
+        admitted: bool,
+        reply: Reply,
     },
-    /// Run an already-durable shared invocation again (recovery, resumption).
-    ResumeShared(Invocation),
-    /// The suspended exclusive invocation at the head of the inbox can go on.
-    Resume(InvocationId),
-    /// The invocation was ended elsewhere (killed while queued or suspended): drop it.
-    Forget(InvocationId),
-    /// The object's partition moved to another node: stop now, dropping running attempts
+    /// A durable message creating an invocation (a call, a send), applied once.
+    Deliver {
+        message: InvokeMessage,
+        redelivery: bool,
+        reply: Reply,
+    },
+    /// Complete entry `index` of `target` (once), committing `extra` with it; then wake it.
+    Complete {
+        target: InvocationId,
+        index: u32,
+        result: CompletionResult,
+        extra: WriteBatch,
+        by: Completer,
+        reply: oneshot::Sender<Result<(), CompleteError>>,
+    },
+    /// Get, peek or complete a durable promise of this workflow.
+    Promise {
+        message: PromiseMessage,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Cancel or kill an invocation of this owner.
+    Control {
+        id: InvocationId,
+        control: Control,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    /// A scheduled invocation's timer (row `timer_key`) fired.
+    Activate { id: InvocationId, timer_key: Vec<u8> },
+    /// Resume an unfinished invocation from storage (recovery; not for exclusive ones, which
+    /// resume through the inbox).
+    Recover(InvocationId),
+    /// The owner's partition moved to another node: stop now, dropping running attempts
     /// (they can no longer commit; the new owner replays them).
     Evict,
 }
@@ -50,6 +97,7 @@ impl Message for ObjectMsg {
     type Result = ();
 }
 
+/// An exclusive invocation waiting in the inbox (the head runs).
 struct Queued {
     id: InvocationId,
     /// The invocation, when this actor created it (saves a read); loaded from storage otherwise.
@@ -59,16 +107,33 @@ struct Queued {
     durable: bool,
 }
 
+/// Where an invocation this actor has taken up stands.
+enum Phase {
+    /// Its creation batch is on its way to disk; it runs once that lands (shared, stateless).
+    Creating(Invocation),
+    /// Its journal is being read before its attempt starts.
+    Starting,
+    /// An attempt runs; signals reach it through this channel.
+    Running(mpsc::Sender<AttemptSignal>),
+    /// Waiting out its back-off; a timer of this actor starts the next attempt.
+    BackingOff(Invocation),
+    /// Waiting for one of the entries in `record.waiting_on` to be completed.
+    Suspended(Invocation),
+}
+
 pub struct ObjectActor {
     node: Arc<Node>,
-    object: ObjectId,
+    owner: Owner,
     handle: Arc<ActorHandle>,
+    /// Committed object state (objects only).
     state: Option<Arc<StateCache>>,
     queue: VecDeque<Queued>,
-    running_exclusive: bool,
-    /// The head of the queue is suspended: it keeps the lock; nothing runs until `Resume`.
-    head_suspended: bool,
-    running_shared: usize,
+    held: HashMap<InvocationId, Phase>,
+    /// Keys (idempotency row or invocation id) of creations being looked up or committed, with
+    /// the commands for the same key that arrived meanwhile.
+    creating: HashMap<Vec<u8>, Vec<ObjectMsg>>,
+    /// Creation commits in flight that `held` and `queue` do not show (scheduled invocations).
+    committing: usize,
     next_seq: u64,
     /// Bytes of the inputs of queued invocations held in `Queued::loaded` (capped by
     /// `max_inbox_bytes_per_object`); those read back from storage cost nothing until they run.
@@ -77,16 +142,16 @@ pub struct ObjectActor {
 }
 
 impl ObjectActor {
-    fn new(node: Arc<Node>, object: ObjectId, handle: Arc<ActorHandle>) -> Self {
+    fn new(node: Arc<Node>, owner: Owner, handle: Arc<ActorHandle>) -> Self {
         Self {
             node,
-            object,
+            owner,
             handle,
             state: None,
             queue: VecDeque::new(),
-            running_exclusive: false,
-            head_suspended: false,
-            running_shared: 0,
+            held: HashMap::new(),
+            creating: HashMap::new(),
+            committing: 0,
             next_seq: 0,
             held_bytes: 0,
             idle_since: Instant::now(),
@@ -94,11 +159,7 @@ impl ObjectActor {
     }
 
     fn is_idle(&self) -> bool {
-        self.queue.is_empty() && !self.running_exclusive && self.running_shared == 0
-    }
-
-    fn state(&self) -> Arc<StateCache> {
-        self.state.clone().expect("state is loaded in started()")
+        self.queue.is_empty() && self.held.is_empty() && self.creating.is_empty() && self.committing == 0
     }
 
     /// Drops `id` from the queue, and its input from `held_bytes`.
@@ -112,169 +173,90 @@ impl ObjectActor {
             .sum();
     }
 
+    /// Starts the head of the queue if nothing holds the object's lock.
     fn run_next(&mut self, ctx: &mut Context<Self>) {
-        if self.running_exclusive || self.head_suspended {
-            return;
-        }
         let Some(head) = self.queue.front_mut().filter(|h| h.durable) else {
             self.idle_since = Instant::now();
             return;
         };
-        self.running_exclusive = true;
+        if self.held.contains_key(&head.id) {
+            return; // running, starting, backing off or suspended: it keeps the lock
+        }
         let id = head.id;
         let loaded = head.loaded.take();
         self.held_bytes -= loaded.as_ref().map_or(0, input_bytes);
-        let node = self.node.clone();
-        let state = self.state();
-        let fut = async move {
-            let invocation = match loaded {
-                Some(inv) => inv,
-                None => match crate::control::load(&node, id).await {
-                    Ok(Some(inv)) if !inv.record.status.is_finished() => inv,
-                    Ok(_) => return DriveEnd::Finished,
-                    Err(e) => {
-                        // Cannot read our own data: the node is unhealthy; retried on restart.
-                        tracing::error!(invocation_id = %id, error = %e, "cannot load invocation");
-                        return DriveEnd::Finished;
-                    }
-                },
-            };
-            let mut invocation = invocation;
-            invocation.record.cancel_requested |= node.cancel_requests.lock().expect("cancel lock").contains(&id);
-            if invocation.record.status == InvocationStatus::Suspended && !invocation.can_resume() {
-                // Recovered while suspended: wait for a completion without replaying it.
-                let _guard = node.stripe(&id).lock().await;
-                node.suspended
-                    .lock()
-                    .expect("suspended lock")
-                    .insert(id, invocation.record.waiting_on.clone());
-                return DriveEnd::Suspended;
-            }
-            drive(node, invocation, Some(state)).await
-        };
-        ctx.spawn(fut.into_actor(self).map(|end, act, ctx| {
-            if end == DriveEnd::Moved {
-                return; // the partition moved away; this actor is being evicted
-            }
-            act.running_exclusive = false;
-            if end == DriveEnd::Suspended {
-                act.head_suspended = true;
-                return;
-            }
-            act.queue.pop_front();
-            act.run_next(ctx);
-        }));
+        self.begin(id, loaded, ctx);
     }
 
-    fn resume(&mut self, id: InvocationId, ctx: &mut Context<Self>) {
-        if self.head_suspended && self.queue.front().is_some_and(|h| h.id == id) {
-            self.head_suspended = false;
-            self.run_next(ctx);
-        }
-    }
-
-    fn forget(&mut self, id: InvocationId, ctx: &mut Context<Self>) {
-        let head = self.queue.front().is_some_and(|h| h.id == id);
-        if head && self.running_exclusive {
-            return; // its driver sees the kill and returns
-        }
+    /// `id` is finished (or gone): forget it, let the next exclusive invocation run, and
+    /// passivate a stateless owner that has nothing left.
+    fn ended(&mut self, id: InvocationId, ctx: &mut Context<Self>) {
+        self.held.remove(&id);
         self.dequeue(id);
-        self.node.killed.lock().expect("killed lock").remove(&id);
-        if head {
-            self.head_suspended = false;
-            self.run_next(ctx);
+        self.run_next(ctx);
+        if matches!(self.owner, Owner::Stateless(_)) && self.is_idle() {
+            self.passivate(ctx);
         }
     }
 
-    fn run_shared(&mut self, invocation: Invocation, ctx: &mut Context<Self>) {
-        self.running_shared += 1;
-        let fut = drive(self.node.clone(), invocation, Some(self.state()));
-        ctx.spawn(fut.into_actor(self).map(|_, act, _| {
-            act.running_shared -= 1;
-            act.idle_since = Instant::now();
-        }));
+    fn passivate(&mut self, ctx: &mut Context<Self>) {
+        if self.node.objects.try_passivate(&self.owner, &self.handle) {
+            tracing::trace!(owner = %self.owner, "object.passivate");
+            ctx.stop();
+        }
     }
 
-    fn submit(
+    fn spawn_then<T: 'static>(
         &mut self,
-        mut invocation: Invocation,
-        extra: WriteBatch,
-        reply: oneshot::Sender<Result<(), SubmitError>>,
         ctx: &mut Context<Self>,
+        fut: impl std::future::Future<Output = T> + 'static,
+        then: impl FnOnce(&mut Self, T, &mut Context<Self>) + 'static,
     ) {
-        let exclusive = invocation.record.kind.is_exclusive();
-        if exclusive {
-            if self.queue.len() >= self.node.config.max_inbox_per_object {
-                let _ = reply.send(Err(SubmitError::InboxFull(self.object.clone())));
-                return;
+        ordering::spawn_then(self, ctx, fut, then);
+    }
+
+    fn in_order(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut Self, &mut Context<Self>) + 'static) {
+        ordering::in_order(self, ctx, f);
+    }
+
+    /// Handles a message (also one that waited in `creating`).
+    fn dispatch(&mut self, msg: ObjectMsg, ctx: &mut Context<Self>) {
+        match msg {
+            ObjectMsg::Submit {
+                invocation,
+                extra,
+                lookup,
+                admitted,
+                reply,
+            } => self.submit(invocation, extra, lookup, admitted, reply, ctx),
+            ObjectMsg::Deliver {
+                message,
+                redelivery,
+                reply,
+            } => self.deliver(message, redelivery, reply, ctx),
+            ObjectMsg::Complete {
+                target,
+                index,
+                result,
+                extra,
+                by,
+                reply,
+            } => self.complete(target, index, result, extra, by, reply, ctx),
+            ObjectMsg::Promise { message, reply } => self.promise(message, reply, ctx),
+            ObjectMsg::Control { id, control, reply } => self.control(id, control, reply, ctx),
+            ObjectMsg::Activate { id, timer_key } => self.activate(id, timer_key, ctx),
+            ObjectMsg::Recover(id) => {
+                if !self.held.contains_key(&id) {
+                    self.begin(id, None, ctx);
+                }
             }
-            let bytes = input_bytes(&invocation);
-            if self.held_bytes + bytes > self.node.config.max_inbox_bytes_per_object {
-                let _ = reply.send(Err(SubmitError::InboxBytesFull(self.object.clone())));
-                return;
+            ObjectMsg::Evict => {
+                self.queue.clear();
+                self.held.clear();
+                self.held_bytes = 0;
+                ctx.stop();
             }
-            self.held_bytes += bytes;
-            invocation.record.inbox_seq = Some(self.next_seq);
-            self.next_seq += 1;
         }
-        let id = invocation.id;
-        if invocation.unwritten {
-            debug_assert!(extra.is_empty(), "only ingress calls are created unwritten");
-            // Written with its attempt's first commit; its caller waits for the output.
-            let _ = reply.send(Ok(()));
-            if exclusive {
-                self.queue.push_back(Queued {
-                    id,
-                    loaded: Some(invocation),
-                    durable: true,
-                });
-                self.run_next(ctx);
-            } else {
-                self.run_shared(invocation, ctx);
-            }
-            return;
-        }
-        let mut batch = invocation.creation_batch();
-        batch.append(extra);
-        let commit = self.node.store.writer.commit(batch);
-        let shared = if exclusive {
-            self.queue.push_back(Queued {
-                id,
-                loaded: Some(invocation),
-                durable: false,
-            });
-            None
-        } else {
-            self.running_shared += 1; // keeps the actor from passivating before it runs
-            Some(invocation)
-        };
-        ctx.spawn(
-            commit
-                .into_actor(self)
-                .map(move |result: Result<(), StorageError>, act, ctx| {
-                    if shared.is_some() {
-                        act.running_shared -= 1;
-                    }
-                    match result {
-                        Err(e) => {
-                            act.dequeue(id);
-                            let _ = reply.send(Err(SubmitError::Storage(e)));
-                        }
-                        Ok(()) => {
-                            let _ = reply.send(Ok(()));
-                            match shared {
-                                Some(invocation) => act.run_shared(invocation, ctx),
-                                None => {
-                                    if let Some(q) = act.queue.iter_mut().find(|q| q.id == id) {
-                                        q.durable = true;
-                                    }
-                                    act.run_next(ctx);
-                                }
-                            }
-                        }
-                    }
-                }),
-        );
     }
 }
 
@@ -283,9 +265,11 @@ impl Actor for ObjectActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(registry::MAILBOX_CAPACITY);
+        let Owner::Object(object) = self.owner.clone() else {
+            return; // a stateless invocation: no inbox, no state; it stops when it ends
+        };
         // Activation: rebuild the queue and the state cache from storage before any message.
         let store = self.node.store.clone();
-        let object = self.object.clone();
         let loading = async move {
             tokio::task::spawn_blocking(move || {
                 Ok::<_, StorageError>((store.inbox(&object)?, store.object_state(&object)?))
@@ -308,19 +292,17 @@ impl Actor for ObjectActor {
                 act.run_next(ctx);
             }
             Err(e) => {
-                tracing::error!(object = %act.object, error = %e, "cannot activate object");
+                tracing::error!(owner = %act.owner, error = %e, "cannot activate object");
                 ctx.stop();
             }
         }));
         let idle = Duration::from_millis(self.node.config.object_idle_ms);
         ctx.run_interval(idle.max(Duration::from_millis(100)) / 2, move |act, ctx| {
-            if act.is_idle()
-                && act.idle_since.elapsed() >= idle
-                && act.node.objects.try_passivate(&act.object, &act.handle)
-            {
-                tracing::trace!(object = %act.object, "object.passivate");
-                ctx.stop();
-            }
+            act.in_order(ctx, move |act, ctx| {
+                if act.is_idle() && act.idle_since.elapsed() >= idle {
+                    act.passivate(ctx);
+                }
+            });
         });
     }
 }
@@ -330,21 +312,7 @@ impl Handler<ObjectMsg> for ObjectActor {
 
     fn handle(&mut self, msg: ObjectMsg, ctx: &mut Context<Self>) {
         self.handle.pending.fetch_sub(1, Ordering::AcqRel);
-        match msg {
-            ObjectMsg::Submit {
-                invocation,
-                extra,
-                reply,
-            } => self.submit(invocation, extra, reply, ctx),
-            ObjectMsg::ResumeShared(invocation) => self.run_shared(invocation, ctx),
-            ObjectMsg::Resume(id) => self.resume(id, ctx),
-            ObjectMsg::Forget(id) => self.forget(id, ctx),
-            ObjectMsg::Evict => {
-                self.queue.clear();
-                self.held_bytes = 0;
-                ctx.stop();
-            }
-        }
+        self.dispatch(msg, ctx);
     }
 }
 

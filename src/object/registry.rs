@@ -1,5 +1,5 @@
-//! Maps each active object to its actor, starting actors on demand on a fixed set of
-//! arbiters (threads), and retiring them when they passivate.
+//! Maps each active owner — a virtual object, or one stateless invocation — to its actor,
+//! starting actors on demand and retiring them when they passivate.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,9 +9,56 @@ use actix::dev::SendError;
 use actix::prelude::*;
 
 use super::{ObjectActor, ObjectMsg};
-use crate::ids::{stable_hash, ObjectId};
+use crate::ids::{partition_of, stable_hash, InvocationId, ObjectId};
 use crate::node::Node;
-use crate::storage::StorageError;
+use crate::storage::{HandlerKind, InvocationRecord, InvokeMessage, StorageError};
+
+/// Who owns an invocation: every command for it goes through this owner's mailbox. A virtual
+/// object (or workflow) owns all of its invocations; a stateless invocation owns itself.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Owner {
+    Object(ObjectId),
+    Stateless(InvocationId),
+}
+
+impl Owner {
+    pub fn of(id: InvocationId, record: &InvocationRecord) -> Self {
+        match record.kind {
+            HandlerKind::Stateless => Owner::Stateless(id),
+            _ => Owner::Object(ObjectId::new(&record.service, &record.key)),
+        }
+    }
+
+    pub fn of_message(message: &InvokeMessage) -> Self {
+        match message.kind {
+            HandlerKind::Stateless => Owner::Stateless(message.id),
+            _ => Owner::Object(ObjectId::new(&message.service, &message.key)),
+        }
+    }
+
+    pub fn partition(&self) -> u16 {
+        match self {
+            Owner::Object(object) => partition_of(object.partition_key()),
+            Owner::Stateless(id) => id.partition(),
+        }
+    }
+
+    pub fn object(&self) -> Option<&ObjectId> {
+        match self {
+            Owner::Object(object) => Some(object),
+            Owner::Stateless(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Object(object) => object.fmt(f),
+            Owner::Stateless(id) => id.fmt(f),
+        }
+    }
+}
 
 /// Messages an object's mailbox holds before senders get `Overloaded`.
 pub(super) const MAILBOX_CAPACITY: usize = 4096;
@@ -19,11 +66,11 @@ pub(super) const MAILBOX_CAPACITY: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error("inbox of {0} is full")]
-    InboxFull(ObjectId),
+    InboxFull(Owner),
     #[error("inbox of {0} holds too many bytes of queued input")]
-    InboxBytesFull(ObjectId),
+    InboxBytesFull(Owner),
     #[error("mailbox of {0} is full")]
-    MailboxFull(ObjectId),
+    MailboxFull(Owner),
     #[error("too many unfinished invocations on this node")]
     TooManyInvocations,
     #[error(transparent)]
@@ -46,7 +93,7 @@ struct Slot {
 
 pub struct ObjectRegistry {
     arbiters: Vec<ArbiterHandle>,
-    actors: Mutex<HashMap<ObjectId, Slot>>,
+    actors: Mutex<HashMap<Owner, Slot>>,
 }
 
 impl ObjectRegistry {
@@ -57,21 +104,21 @@ impl ObjectRegistry {
         }
     }
 
-    /// Sends `msg` to the object's actor, starting it if needed.
-    pub fn send(&self, node: &Arc<Node>, object: &ObjectId, mut msg: ObjectMsg) -> Result<(), SubmitError> {
+    /// Sends `msg` to the owner's actor, starting it if needed.
+    pub fn send(&self, node: &Arc<Node>, owner: &Owner, mut msg: ObjectMsg) -> Result<(), SubmitError> {
         for _ in 0..3 {
             let mut actors = self.actors.lock().expect("registry lock");
-            let slot = actors.entry(object.clone()).or_insert_with(|| self.start(node, object));
+            let slot = actors.entry(owner.clone()).or_insert_with(|| self.start(node, owner));
             slot.handle.pending.fetch_add(1, Ordering::AcqRel);
             match slot.addr.try_send(msg) {
                 Ok(()) => return Ok(()),
                 Err(SendError::Full(_)) => {
                     slot.handle.pending.fetch_sub(1, Ordering::AcqRel);
-                    return Err(SubmitError::MailboxFull(object.clone()));
+                    return Err(SubmitError::MailboxFull(owner.clone()));
                 }
                 Err(SendError::Closed(back)) => {
                     // The actor died (a panic is not supervised): forget it and start a new one.
-                    actors.remove(object);
+                    actors.remove(owner);
                     msg = back;
                 }
             }
@@ -79,17 +126,25 @@ impl ObjectRegistry {
         Err(SubmitError::Stopped)
     }
 
-    fn start(&self, node: &Arc<Node>, object: &ObjectId) -> Slot {
+    fn start(&self, node: &Arc<Node>, owner: &Owner) -> Slot {
         let handle = Arc::new(ActorHandle::default());
-        let arbiter = &self.arbiters
-            [(stable_hash(&[object.service.as_bytes(), object.key.as_bytes()]) % self.arbiters.len() as u64) as usize];
-        let (node, object_owned, h) = (node.clone(), object.clone(), handle.clone());
+        let arbiter = match owner {
+            // An object lives on one thread, chosen by its key.
+            Owner::Object(object) => self.arbiters[(stable_hash(&[object.service.as_bytes(), object.key.as_bytes()])
+                % self.arbiters.len() as u64) as usize]
+                .clone(),
+            // A stateless invocation runs where it was submitted (no thread hop), if that is
+            // an arbiter (an ingress worker).
+            Owner::Stateless(id) => actix::Arbiter::try_current()
+                .unwrap_or_else(|| self.arbiters[(id.partition_key() % self.arbiters.len() as u64) as usize].clone()),
+        };
+        let (node, owner_owned, h) = (node.clone(), owner.clone(), handle.clone());
         // The mailbox gets its capacity now, not when the actor starts on its arbiter: until
         // then actix's default (16) would refuse a burst of requests to a cold object.
         let (tx, rx) = actix::dev::channel::channel(MAILBOX_CAPACITY);
         arbiter.spawn_fn(move || {
             let ctx = actix::Context::with_receiver(rx);
-            actix::spawn(ctx.into_future(ObjectActor::new(node, object_owned, h)));
+            actix::spawn(ctx.into_future(ObjectActor::new(node, owner_owned, h)));
         });
         Slot {
             addr: actix::Addr::new(tx),
@@ -98,23 +153,23 @@ impl ObjectRegistry {
     }
 
     /// Removes the actor if nothing is on its way to it. Called by the actor itself.
-    pub fn try_passivate(&self, object: &ObjectId, handle: &Arc<ActorHandle>) -> bool {
+    pub fn try_passivate(&self, owner: &Owner, handle: &Arc<ActorHandle>) -> bool {
         let mut actors = self.actors.lock().expect("registry lock");
-        match actors.get(object) {
+        match actors.get(owner) {
             Some(slot) if Arc::ptr_eq(&slot.handle, handle) && handle.pending.load(Ordering::Acquire) == 0 => {
-                actors.remove(object);
+                actors.remove(owner);
                 true
             }
             _ => false,
         }
     }
 
-    /// Stops the actors of objects `gone` selects (their partition moved away); their running
+    /// Stops the actors of owners whose partition `gone` selects (it moved away); their running
     /// invocations are dropped mid-attempt and resume, by replay, at the new owner.
-    pub fn evict(&self, gone: impl Fn(&ObjectId) -> bool) {
+    pub fn evict(&self, gone: impl Fn(u16) -> bool) {
         let mut actors = self.actors.lock().expect("registry lock");
-        actors.retain(|object, slot| {
-            if !gone(object) {
+        actors.retain(|owner, slot| {
+            if !gone(owner.partition()) {
                 return true;
             }
             slot.addr.do_send(ObjectMsg::Evict);
@@ -122,19 +177,27 @@ impl ObjectRegistry {
         });
     }
 
+    /// Active objects (stateless invocations are not objects).
     pub fn active_count(&self) -> usize {
-        self.actors.lock().expect("registry lock").len()
+        self.actors
+            .lock()
+            .expect("registry lock")
+            .keys()
+            .filter(|o| o.object().is_some())
+            .count()
     }
 
     /// Active objects, for the admin API.
     pub fn active(&self) -> Vec<ObjectId> {
-        let mut v: Vec<ObjectId> = self.actors.lock().expect("registry lock").keys().cloned().collect();
+        let mut v: Vec<ObjectId> = self
+            .actors
+            .lock()
+            .expect("registry lock")
+            .keys()
+            .filter_map(|o| o.object().cloned())
+            .collect();
         v.sort();
         v
-    }
-
-    pub fn arbiter(&self, n: usize) -> &ArbiterHandle {
-        &self.arbiters[n % self.arbiters.len()]
     }
 }
 
@@ -146,22 +209,52 @@ impl ObjectRegistry {
         loop {
             tokio::time::sleep(interval).await;
             let mut actors = node.objects.actors.lock().expect("registry lock");
-            let dead: Vec<ObjectId> = actors
+            let dead: Vec<Owner> = actors
                 .iter()
                 .filter(|(_, s)| !s.addr.connected())
                 .map(|(o, _)| o.clone())
                 .collect();
-            for object in dead {
-                tracing::error!(%object, "object.actor_died; restarting it from storage");
-                let slot = node.objects.start(&node, &object);
-                actors.insert(object, slot);
+            for owner in dead.iter() {
+                tracing::error!(%owner, "object.actor_died; restarting it from storage");
+                let slot = node.objects.start(&node, owner);
+                actors.insert(owner.clone(), slot);
+            }
+            drop(actors);
+            for owner in dead {
+                // Its activation reloads the inbox; what it held besides (shared and stateless
+                // invocations, running or suspended) is recovered from the unfinished index.
+                let node = node.clone();
+                actix_rt::spawn(async move { node.objects.recover_held(&node, owner).await });
+            }
+        }
+    }
+
+    /// Sends `Recover` for every unfinished invocation of `owner` that is not exclusive (those
+    /// resume through the inbox), reading only the unfinished index of its partition.
+    async fn recover_held(&self, node: &Arc<Node>, owner: Owner) {
+        let partition = owner.partition();
+        let unfinished = crate::node::blocking(&node.store, move |store| {
+            store.unfinished_invocations(&|p| p == partition)
+        })
+        .await;
+        let unfinished = match unfinished {
+            Ok(unfinished) => unfinished,
+            Err(e) => return tracing::error!(%owner, error = %e, "cannot recover a restarted owner"),
+        };
+        for (id, record) in unfinished {
+            let resumable = !record.kind.is_exclusive() && record.status != crate::storage::InvocationStatus::Scheduled;
+            if resumable && Owner::of(id, &record) == owner {
+                if let Err(e) = self.send(node, &owner, ObjectMsg::Recover(id)) {
+                    tracing::error!(invocation_id = %id, error = %e, "cannot recover invocation");
+                }
             }
         }
     }
 
     /// Starts the object's actor (its activation resumes its inbox) if it is not running.
     pub fn activate(&self, node: &Arc<Node>, object: &ObjectId) {
+        let owner = Owner::Object(object.clone());
         let mut actors = self.actors.lock().expect("registry lock");
-        actors.entry(object.clone()).or_insert_with(|| self.start(node, object));
+        actors.entry(owner.clone()).or_insert_with(|| self.start(node, &owner));
     }
 }
