@@ -107,11 +107,11 @@ impl Node {
         decided.map_err(|e| StorageError::Io(e.0))
     }
 
-    /// Commits `batch`, retrying while the writer is only overloaded.
+    /// Commits `batch`, retrying while the log is only overloaded.
     pub(crate) async fn commit_retrying(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let mut delay = Duration::from_millis(10);
         loop {
-            match self.store.writer.commit(batch.clone()).await {
+            match self.store.log.append(batch.clone()).await {
                 Err(StorageError::Overloaded) => {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
@@ -165,7 +165,7 @@ impl Node {
     fn acknowledge(&self, key: Vec<u8>) {
         let mut batch = WriteBatch::new();
         batch.delete(Table::Outbox, key);
-        self.store.writer.piggyback(batch);
+        self.store.log.piggyback(batch);
     }
 
     /// Sends `message` to the node that owns its target until that node has applied it, then

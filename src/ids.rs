@@ -62,10 +62,16 @@ impl fmt::Display for ObjectId {
 pub struct InvocationId(pub [u8; 16]);
 
 impl InvocationId {
+    /// A fresh id in the partition of `partition_key` (random low half).
     pub fn new(partition_key: u64) -> Self {
+        Self::from_parts(partition_key, fastrand::u64(..))
+    }
+
+    /// The id with these halves (the deterministic core is given its random bits).
+    pub fn from_parts(partition_key: u64, low: u64) -> Self {
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&partition_key.to_be_bytes());
-        bytes[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
+        bytes[8..].copy_from_slice(&low.to_be_bytes());
         Self(bytes)
     }
 
@@ -151,6 +157,14 @@ mod tests {
 /// The id of the awakeable journaled at `index` of invocation `id` (derived, never stored).
 pub fn awakeable_id(id: &InvocationId, index: u32) -> String {
     format!("awk_{}{index:08x}", &id.to_string()[4..])
+}
+
+/// Id of the run of workflow (service, key): deterministic, so a second run finds the first.
+pub fn workflow_run_id(object: &ObjectId) -> InvocationId {
+    let mut id = InvocationId::new(object.partition_key());
+    id.0[8..]
+        .copy_from_slice(&stable_hash(&[b"workflow", object.service.as_bytes(), object.key.as_bytes()]).to_be_bytes());
+    id
 }
 
 /// Splits an awakeable id into its invocation and journal index.

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::ids::{stable_hash, InvocationId, ObjectId};
+use crate::ids::{stable_hash, workflow_run_id, InvocationId, ObjectId};
 use crate::invocation::{Invocation, LiveTable, Waiters};
 use crate::journal::Output;
 use crate::object::{Created, ObjectMsg, ObjectRegistry, Owner, SubmitError};
@@ -75,14 +75,6 @@ pub struct Submitted {
     /// (storage does not know it yet). Dropped if it is lost before any write (its partition
     /// moved, the node stopped) — nothing of it is durable then.
     pub output: Option<oneshot::Receiver<Output>>,
-}
-
-/// Id of the run of workflow (service, key): deterministic, so a second run finds the first.
-pub fn workflow_run_id(object: &ObjectId) -> InvocationId {
-    let mut id = InvocationId::new(object.partition_key());
-    id.0[8..]
-        .copy_from_slice(&stable_hash(&[b"workflow", object.service.as_bytes(), object.key.as_bytes()]).to_be_bytes());
-    id
 }
 
 impl InvokeMessage {
@@ -423,7 +415,7 @@ impl Node {
                 let commits: Vec<_> = batch
                     .into_partitions()
                     .into_iter()
-                    .map(|b| self.store.writer.commit(b))
+                    .map(|b| self.store.log.append(b))
                     .collect();
                 for commit in commits {
                     if let Err(e) = commit.await {
@@ -453,7 +445,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let cluster = Cluster::open(&store, &config).await?;
     let schema = SchemaRegistry::new(store.deployments()?);
     let actor_threads = Config::threads(config.actor_threads);
-    let arbiters: Vec<_> = (0..actor_threads).map(|_| Arbiter::new().handle()).collect();
+    let arbiters: Vec<_> = (0..actor_threads)
+        .map(|_| {
+            let arbiter = Arbiter::new().handle();
+            arbiter.spawn_fn(crate::object::runs_owners_here);
+            arbiter
+        })
+        .collect();
     let node = Arc::new(Node {
         objects: ObjectRegistry::new(arbiters),
         config: config.clone(),
@@ -490,6 +488,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let data = web::Data::from(node.clone());
     let ingress_data = data.clone();
     let ingress = HttpServer::new(move || {
+        // Runs once on each worker thread: stateless invocations it receives run here.
+        crate::object::runs_owners_here();
         App::new()
             .app_data(ingress_data.clone())
             .configure(crate::ingress::config)

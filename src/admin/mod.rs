@@ -56,7 +56,7 @@ async fn health(node: web::Data<Node>) -> HttpResponse {
 
 /// Prometheus text format; two counters are not worth a metrics dependency yet.
 async fn metrics(node: web::Data<Node>) -> HttpResponse {
-    let stats = &node.store.writer.stats;
+    let stats = &node.store.log.stats;
     let body = format!(
         "# TYPE kiln_storage_commits_total counter\nkiln_storage_commits_total {}\n\
          # TYPE kiln_storage_fsyncs_total counter\nkiln_storage_fsyncs_total {}\n\
@@ -112,7 +112,7 @@ async fn register_deployment(
     };
     let mut batch = WriteBatch::new();
     batch.put(Table::Deployments, keys::deployment(&id), encode(&record));
-    node.store.writer.commit(batch).await?;
+    node.store.log.append(batch).await?;
     node.schema.upsert(record.clone());
     cluster::replicate_deployment(&node, &record).await;
     tracing::info!(deployment = %id, uri = %record.uri, services = record.services.len(), "admin.deployment_registered");

@@ -232,9 +232,9 @@ impl Node {
         for p in &moving {
             self.store.gate.set(*p, PartitionState::Frozen);
         }
-        // The writer checks the gate in commit order: once this empty commit returns, every
+        // The log checks the gate in commit order: once this empty commit returns, every
         // earlier write is on disk and no later one of these partitions will be.
-        self.store.writer.commit(WriteBatch::new()).await?;
+        self.store.log.append(WriteBatch::new()).await?;
         self.release_partitions(&moving).await;
         let mut rows_moved = 0usize;
         let copied: Result<(), RebalanceError> = async {
@@ -336,7 +336,7 @@ impl Node {
         })
         .await
         .map_err(|e| StorageError::Io(e.to_string()))??;
-        self.store.writer.commit(batch).await
+        self.store.log.append(batch).await
     }
 
     /// Deletes the local copy of partitions handed to another node.
@@ -360,7 +360,7 @@ impl Node {
         .await;
         match batch {
             Ok(Ok(batch)) if !batch.is_empty() => {
-                if let Err(e) = self.store.writer.commit(batch).await {
+                if let Err(e) = self.store.log.append(batch).await {
                     tracing::warn!(error = %e, "cluster.cleanup_failed");
                 }
             }

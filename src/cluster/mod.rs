@@ -108,7 +108,7 @@ impl Cluster {
                 // Persisted at once: later starts use it, whatever --cluster then says.
                 let mut batch = WriteBatch::new();
                 batch.put(Table::Cluster, MEMBERSHIP_KEY.as_bytes().to_vec(), encode(&initial));
-                store.writer.commit(batch).await?;
+                store.log.append(batch).await?;
                 initial
             }
             (None, None) if config.join.is_some() => Membership {
@@ -255,7 +255,7 @@ impl Cluster {
         }
         let mut batch = WriteBatch::new();
         batch.put(Table::Cluster, MEMBERSHIP_KEY.as_bytes().to_vec(), encode(&next));
-        store.writer.commit(batch).await?;
+        store.log.append(batch).await?;
         let mut current = self.membership.write().expect("membership lock");
         if next.epoch <= current.epoch {
             return Ok(None); // a newer one won the race

@@ -174,7 +174,7 @@ async fn deployment(body: web::Bytes, node: web::Data<Node>) -> HttpResponse {
     };
     let mut batch = WriteBatch::new();
     batch.put(Table::Deployments, keys::deployment(&record.id), encode(&record));
-    if let Err(e) = node.store.writer.commit(batch).await {
+    if let Err(e) = node.store.log.append(batch).await {
         return storage_error(e);
     }
     node.schema.upsert(record);

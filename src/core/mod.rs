@@ -7,6 +7,7 @@
 pub mod attempt;
 pub mod complete;
 pub mod control;
+pub mod entry;
 pub mod finish;
 pub mod invoke;
 pub mod promise;

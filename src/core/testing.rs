@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::records::{HandlerKind, InvocationRecord, InvokeMessage, OutboxMessage, PromiseRecord};
+use super::records::{HandlerKind, InvocationRecord, InvokeMessage, OutboxMessage, PromiseRecord, TimerRecord};
 use super::transition::{PartitionRead, ReadFailed, Transition, Write};
 use crate::ids::{InvocationId, ObjectId};
 use crate::journal::Entry;
@@ -17,6 +17,8 @@ pub struct Memory {
     /// Outbox rows by sequence number (the order they were staged in).
     pub outbox: BTreeMap<u64, OutboxMessage>,
     pub next_outbox_seq: u64,
+    pub state: BTreeMap<(ObjectId, String), Vec<u8>>,
+    pub timers: Vec<(u64, TimerRecord)>,
 }
 
 impl Memory {
@@ -50,6 +52,13 @@ impl Memory {
                 Write::Promise(object, name, record) => {
                     self.promises.insert((object, name), record);
                 }
+                Write::State(object, name, Some(value)) => {
+                    self.state.insert((object, name), value);
+                }
+                Write::State(object, name, None) => {
+                    self.state.remove(&(object, name));
+                }
+                Write::Timer(due_ms, timer) => self.timers.push((due_ms, timer)),
                 Write::Outbox(message) => {
                     let seq = self.next_outbox_seq;
                     self.next_outbox_seq += 1;

@@ -2,7 +2,7 @@
 //! (one batch) and the actions that may run only once that batch is durable.
 
 use crate::core::records::{
-    InvocationRecord, InvocationStatus, InvokeMessage, OutboxMessage, PromiseMessage, PromiseRecord,
+    InvocationRecord, InvocationStatus, InvokeMessage, OutboxMessage, PromiseMessage, PromiseRecord, TimerRecord,
 };
 use crate::ids::{InvocationId, ObjectId};
 use crate::journal::{CompletionResult, Entry, Output};
@@ -71,6 +71,10 @@ pub enum Write {
     /// A message to another invocation, staged as an outbox row of this partition and
     /// delivered once durable.
     Outbox(OutboxMessage),
+    /// A state entry of an object: set to a value, or deleted (`None`).
+    State(ObjectId, String, Option<Vec<u8>>),
+    /// A durable timer due at the given time.
+    Timer(u64, TimerRecord),
 }
 
 /// What runs after the transition's writes are durable.

@@ -217,7 +217,7 @@ impl Attempt<'_> {
                             (self.on_output)(&mut ready.batch, output);
                         }
                         commits_sent += 1;
-                        let commit = self.node.store.writer.commit(std::mem::take(&mut ready.batch));
+                        let commit = self.node.store.log.append(std::mem::take(&mut ready.batch));
                         commits.push_back(settle(commit, ready));
                     }
                 }
@@ -286,7 +286,7 @@ impl Attempt<'_> {
                         // attempt can drop it; answered once durable.
                         let mut batch = WriteBatch::new();
                         (self.on_cancel)(&mut batch);
-                        let commit = self.node.store.writer.commit(batch);
+                        let commit = self.node.store.log.append(batch);
                         commits_sent += 1; // it writes the running record: later commits need not
                         let mut marker = PendingCommit::empty(next_index);
                         marker.on_durable = Some(reply);

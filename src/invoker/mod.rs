@@ -2,7 +2,7 @@
 //! journal sent once, then one ENTRY frame up and one ACK frame down per new step; results of
 //! calls, timers, awakeables and promises arrive as COMPLETION frames.
 //!
-//! Boundary: knows the protocol, the storage writer and how entries turn into writes and
+//! Boundary: knows the protocol, the partition log and how entries turn into writes and
 //! messages (`effects.rs`); knows nothing of actors, retries or the HTTP ingress. The caller
 //! decides what an outcome means.
 

@@ -173,7 +173,7 @@ impl ObjectActor {
             batch.append(extra);
             batch.put(Table::Timers, timer_key.clone(), crate::storage::encode(&timer));
             self.committing += 1;
-            let commit = self.node.store.writer.commit(batch);
+            let commit = self.node.store.log.append(batch);
             self.spawn_then(ctx, commit, move |act, result, ctx| {
                 act.committing -= 1;
                 match result {
@@ -227,7 +227,7 @@ impl ObjectActor {
         }
         let mut batch = invocation.creation_batch();
         batch.append(extra);
-        let commit = self.node.store.writer.commit(batch);
+        let commit = self.node.store.log.append(batch);
         if exclusive {
             self.queue.push_back(Queued {
                 id,

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use commands::{CompleteError, ControlError};
 pub use creation::{Created, Reply};
-pub use registry::{ActorHandle, ObjectRegistry, Owner, SubmitError};
+pub use registry::{runs_owners_here, ActorHandle, ObjectRegistry, Owner, SubmitError};
 
 use crate::core::control::Control;
 use crate::core::Completer;

@@ -60,6 +60,16 @@ impl std::fmt::Display for Owner {
     }
 }
 
+thread_local! {
+    /// This thread may run owners started from it (an ingress worker or an actor thread).
+    static OWNER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one that runs the stateless owners it starts.
+pub fn runs_owners_here() {
+    OWNER_THREAD.set(true);
+}
+
 /// Messages an object's mailbox holds before senders get `Overloaded`.
 pub(super) const MAILBOX_CAPACITY: usize = 4096;
 
@@ -133,9 +143,11 @@ impl ObjectRegistry {
             Owner::Object(object) => self.arbiters[(stable_hash(&[object.service.as_bytes(), object.key.as_bytes()])
                 % self.arbiters.len() as u64) as usize]
                 .clone(),
-            // A stateless invocation runs where it was submitted (no thread hop), if that is
-            // an arbiter (an ingress worker).
+            // A stateless invocation runs where it was submitted (no thread hop) if that is an
+            // ingress worker or an actor thread; from anywhere else (recovery, timers on the
+            // main thread), on an actor thread chosen by its id.
             Owner::Stateless(id) => actix::Arbiter::try_current()
+                .filter(|_| OWNER_THREAD.get())
                 .unwrap_or_else(|| self.arbiters[(id.partition_key() % self.arbiters.len() as u64) as usize].clone()),
         };
         let (node, owner_owned, h) = (node.clone(), owner.clone(), handle.clone());

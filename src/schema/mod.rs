@@ -71,6 +71,24 @@ impl Schema {
     }
 }
 
+/// What the core's entry planner may know of the registered services.
+impl crate::core::entry::Catalog for Schema {
+    fn target(&self, service: &str, handler: &str) -> Result<crate::core::entry::Target, crate::core::entry::Missing> {
+        use crate::core::entry::{Missing, Target};
+        let s = self.services.get(service).ok_or(Missing::Service)?;
+        let h = s.handlers.get(handler).ok_or(Missing::Handler)?;
+        Ok(Target {
+            service_kind: s.kind,
+            handler_kind: h.kind,
+            deployment_id: s.deployment_id.clone(),
+        })
+    }
+
+    fn service_kind(&self, service: &str) -> Option<ServiceKind> {
+        self.services.get(service).map(|s| s.kind)
+    }
+}
+
 #[derive(Default)]
 pub struct SchemaRegistry(RwLock<Arc<Schema>>);
 

@@ -1,4 +1,4 @@
-//! The partition gate: the one boundary every partitioned write crosses. The writer thread
+//! The partition gate: the one boundary every partitioned write crosses. The log thread
 //! refuses a batch that touches a partition this node does not own (or is handing off), so
 //! no key is ever written by two owners. A replicated log per partition would slot in here.
 

@@ -165,9 +165,9 @@ impl Store {
 /// before they existed, or after a change of `INDEX_VERSION`): one full scan of `invocations`,
 /// then one batch with every index row and the marker. A fresh directory only gets the marker.
 ///
-/// Runs in `open_gated` before the writer thread starts, committing its own `SyncData` batch
+/// Runs in `open_gated` before the log thread starts, committing its own `SyncData` batch
 /// directly: nothing else writes yet, so the single-writer rule holds, and going through the
-/// writer is not possible here — its commit is async and the gate of a starting node refuses
+/// log is not possible here — its commit is async and the gate of a starting node refuses
 /// every partition (it owns none until the membership is read). The batch is atomic: a crash
 /// leaves no marker and the next open builds again.
 pub(super) fn build_indexes(tables: &Tables) -> Result<(), StorageError> {

@@ -104,6 +104,15 @@ pub fn outbox(partition: u16, seq: u64) -> Vec<u8> {
     k
 }
 
+/// The row key of `timer`, due at `due_ms`.
+pub fn timer_row(due_ms: u64, timer: &crate::core::records::TimerRecord) -> Vec<u8> {
+    use crate::core::records::TimerRecord;
+    match timer {
+        TimerRecord::Wake { invocation, index } => self::timer(invocation, due_ms, *index),
+        TimerRecord::Activate { invocation } => self::timer(invocation, due_ms, u32::MAX),
+    }
+}
+
 /// `timers`: `[partition u16][due ms u64][invocation id 16][index u32]`, so each partition's
 /// timers are ordered by due time.
 pub fn timer(id: &InvocationId, due_ms: u64, index: u32) -> Vec<u8> {

@@ -1,14 +1,15 @@
 //! Durable storage: the only module that touches fjall.
 //!
 //! Reads go straight to fjall (they are thread-safe and mostly served from memory); every
-//! write goes through the group-commit [`Writer`], which fdatasyncs before it answers.
+//! write goes through the group-commit [`PartitionLog`], which fdatasyncs before it answers.
 //! Call the blocking reads from a blocking context (`web::block`, `spawn_blocking`) or
 //! only where a short wait is acceptable (start-up, actor activation).
 
+mod batch;
 mod gate;
 mod indexes;
 pub mod keys;
-mod writer;
+mod log;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,10 +24,11 @@ use serde::Serialize;
 pub use crate::core::records::*;
 use crate::ids::{InvocationId, ObjectId};
 use crate::journal::Entry;
+pub use batch::{Table, WriteBatch};
 pub use gate::{key_partition, PartitionGate, PartitionState};
 use indexes::build_indexes;
 pub use indexes::Expired;
-pub use writer::{Table, WriteBatch, Writer, WriterStats};
+pub use log::{LogStats, PartitionLog};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
@@ -34,9 +36,9 @@ pub enum StorageError {
     Io(String),
     #[error("corrupt record in table {table}: {message}")]
     Corrupt { table: &'static str, message: String },
-    #[error("storage writer queue is full")]
+    #[error("partition log queue is full")]
     Overloaded,
-    #[error("storage writer has stopped")]
+    #[error("partition log has stopped")]
     Stopped,
     #[error("partition {0} is not served by this node (it moved or is moving)")]
     NotOwner(u16),
@@ -124,12 +126,12 @@ impl StoreStats {
     }
 }
 
-/// Read access to every table, plus the writer.
+/// Read access to every table, plus the partition log (the way writes go in).
 #[derive(Clone)]
 pub struct Store {
     tables: Tables,
-    pub writer: Writer,
-    /// Which partitions the writer accepts writes for.
+    pub log: PartitionLog,
+    /// Which partitions the log accepts writes for.
     pub gate: Arc<PartitionGate>,
     pub stats: Arc<StoreStats>,
 }
@@ -140,7 +142,7 @@ impl Store {
         Self::open_gated(dir, Arc::new(PartitionGate::new(PartitionState::Owned)))
     }
 
-    /// Opens a store whose writer admits partitioned writes only where `gate` allows.
+    /// Opens a store whose log admits partitioned writes only where `gate` allows.
     pub fn open_gated(dir: &Path, gate: Arc<PartitionGate>) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::Io(format!("{}: {e}", dir.display())))?;
         let db = Database::builder(dir).open()?;
@@ -161,10 +163,10 @@ impl Store {
             db,
         };
         build_indexes(&tables)?;
-        let writer = Writer::start(tables.clone(), gate.clone());
+        let log = PartitionLog::start(tables.clone(), gate.clone());
         Ok(Self {
             tables,
-            writer,
+            log,
             gate,
             stats: Arc::new(StoreStats::default()),
         })

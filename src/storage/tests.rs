@@ -25,7 +25,7 @@ fn committed_batches_survive_reopen() {
         );
         batch.put(Table::State, keys::state_entry(&object, "count"), b"41".to_vec());
         batch.put(Table::Inbox, keys::inbox_entry(&object, 3), encode(&id));
-        rt().block_on(store.writer.commit(batch)).unwrap();
+        rt().block_on(store.log.append(batch)).unwrap();
     }
     let store = reopen(dir.path());
     assert_eq!(store.journal(&id).unwrap().len(), 1);
@@ -44,7 +44,7 @@ fn a_batch_writes_one_partition() {
     batch.put(Table::Journal, keys::journal_entry(&a, 0), vec![1]);
     batch.put(Table::Journal, keys::journal_entry(&b, 0), vec![1]);
     batch.put(Table::Cluster, b"membership".to_vec(), vec![1]); // not partitioned: allowed
-    let refused = rt().block_on(store.writer.commit(batch));
+    let refused = rt().block_on(store.log.append(batch));
     assert!(matches!(refused, Err(StorageError::SpansPartitions(..))), "{refused:?}");
     assert!(store.journal(&a).unwrap().is_empty() && store.journal(&b).unwrap().is_empty());
 }
@@ -60,17 +60,17 @@ fn the_gate_refuses_writes_to_partitions_not_owned() {
         b
     };
     rt().block_on(async {
-        store.writer.commit(write()).await.unwrap();
+        store.log.append(write()).await.unwrap();
         store.gate.set(id.partition(), PartitionState::Frozen);
-        let refused = store.writer.commit(write()).await;
+        let refused = store.log.append(write()).await;
         assert!(matches!(refused, Err(StorageError::NotOwner(5))), "{refused:?}");
         // Metadata is not partitioned; a partition move passes.
         let mut meta = WriteBatch::new();
         meta.put(Table::Cluster, b"membership".to_vec(), vec![1]);
-        store.writer.commit(meta).await.unwrap();
+        store.log.append(meta).await.unwrap();
         let mut moved = WriteBatch::for_partition_move();
         moved.delete(Table::Journal, keys::journal_entry(&id, 0));
-        store.writer.commit(moved).await.unwrap();
+        store.log.append(moved).await.unwrap();
     });
     assert!(store.journal(&id).unwrap().is_empty());
 }
@@ -84,14 +84,14 @@ fn concurrent_commits_share_fsyncs() {
             .map(|i| {
                 let mut b = WriteBatch::new();
                 b.put(Table::Journal, keys::journal_entry(&InvocationId::new(1), i), vec![1]);
-                store.writer.commit(b)
+                store.log.append(b)
             })
             .collect();
         for f in futures {
             f.await.unwrap();
         }
     });
-    let fsyncs = store.writer.stats.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
+    let fsyncs = store.log.stats.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
     assert!(fsyncs < 200, "expected grouped fsyncs, got {fsyncs}");
 }
 
@@ -120,7 +120,7 @@ fn record(status: InvocationStatus, expires_at_ms: Option<u64>) -> InvocationRec
     }
 }
 
-/// Opens `dir` again once the writer thread of a dropped store has let go of it.
+/// Opens `dir` again once the log thread of a dropped store has let go of it.
 fn reopen(dir: &Path) -> Store {
     for _ in 0..200 {
         match Store::open(dir) {
@@ -133,10 +133,10 @@ fn reopen(dir: &Path) -> Store {
     panic!("{} stays locked", dir.display());
 }
 
-/// Commits `batch`, one batch per partition it writes (as the writer requires).
+/// Commits `batch`, one batch per partition it writes (as the log requires).
 fn commit(store: &Store, batch: WriteBatch) {
     for part in batch.into_partitions() {
-        rt().block_on(store.writer.commit(part)).unwrap();
+        rt().block_on(store.log.append(part)).unwrap();
     }
 }
 
@@ -243,13 +243,13 @@ fn the_last_write_of_a_batch_decides_the_index_rows() {
     batch.put_invocation(&b, &record(InvocationStatus::Pending, None));
     batch.put_invocation(&b, &record(InvocationStatus::Running, None));
     commit(&store, batch);
-    // Separate commits folded into one writer group behave the same.
+    // Separate commits folded into one log group behave the same.
     rt().block_on(async {
         let mut first = WriteBatch::new();
         first.put_invocation(&b, &record(InvocationStatus::Suspended, None));
         let mut second = WriteBatch::new();
         second.put_invocation(&b, &record(InvocationStatus::Completed, Some(7)));
-        let (x, y) = (store.writer.commit(first), store.writer.commit(second));
+        let (x, y) = (store.log.append(first), store.log.append(second));
         x.await.unwrap();
         y.await.unwrap();
     });
@@ -544,7 +544,7 @@ fn partition_moves_carry_the_indexes() {
     let mut b = WriteBatch::new();
     b.put_invocation(&live, &record(InvocationStatus::Running, None));
     assert!(matches!(
-        rt().block_on(to.writer.commit(b)),
+        rt().block_on(to.log.append(b)),
         Err(StorageError::NotOwner(_))
     ));
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+use crate::sdk_wire::{self, find, invoke_head, json_ok, listen, read_head, write_not_found};
 
 pub struct FakeEndpoint {
     pub port: u16,
@@ -19,21 +21,15 @@ pub struct FakeEndpoint {
 
 impl FakeEndpoint {
     pub async fn start() -> Result<FakeEndpoint> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
         let invokes = Arc::new(AtomicUsize::new(0));
         let counter = invokes.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(30), serve(sock, counter)).await;
-                });
+        let (port, task) = listen(move |sock| {
+            let counter = counter.clone();
+            async move {
+                let _ = tokio::time::timeout(Duration::from_secs(30), serve(sock, counter)).await;
             }
-        });
+        })
+        .await?;
         Ok(FakeEndpoint { port, invokes, task })
     }
 
@@ -60,34 +56,12 @@ pub const GARBAGE: &[u8] = &[0x77, 0x77, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, b'j
 async fn serve(mut sock: TcpStream, invokes: Arc<AtomicUsize>) -> Result<()> {
     let mut buf = Vec::with_capacity(4096);
     loop {
-        // Read one request head.
-        let head_end = loop {
-            if let Some(pos) = find(&buf, b"\r\n\r\n") {
-                break pos + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = sock.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
+        let Some(head) = read_head(&mut sock, &mut buf).await? else {
+            return Ok(());
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        buf.drain(..head_end);
-        let request_line = head.lines().next().unwrap_or("").to_string();
-        let mut parts = request_line.split_whitespace();
-        let method = parts.next().unwrap_or("");
-        let path = parts.next().unwrap_or("");
-        let lower = head.to_ascii_lowercase();
-        let content_length: usize = lower
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-            .unwrap_or(0);
-        let chunked = lower
-            .lines()
-            .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+        let (content_length, chunked) = (head.content_length, head.chunked);
 
-        if method == "GET" && path.starts_with("/discover") {
+        if head.method == "GET" && head.path.starts_with("/discover") {
             // Skip a (normally absent) body.
             while buf.len() < content_length {
                 let mut chunk = [0u8; 4096];
@@ -98,24 +72,14 @@ async fn serve(mut sock: TcpStream, invokes: Arc<AtomicUsize>) -> Result<()> {
                 buf.extend_from_slice(&chunk[..n]);
             }
             buf.drain(..content_length);
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
-                DISCOVERY.len(),
-                DISCOVERY
-            );
-            sock.write_all(resp.as_bytes()).await?;
+            sock.write_all(json_ok(DISCOVERY, false).as_bytes()).await?;
             continue;
         }
 
-        if method == "POST" && path.starts_with("/invoke/") {
+        if head.method == "POST" && head.path.starts_with("/invoke/") {
             invokes.fetch_add(1, Ordering::SeqCst);
-            let mut resp = Vec::new();
-            resp.extend_from_slice(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/vnd.kiln.v1\r\ntransfer-encoding: chunked\r\n\r\n",
-            );
-            resp.extend_from_slice(format!("{:x}\r\n", GARBAGE.len()).as_bytes());
-            resp.extend_from_slice(GARBAGE);
-            resp.extend_from_slice(b"\r\n");
+            let mut resp = invoke_head(false).into_bytes();
+            resp.extend_from_slice(&sdk_wire::chunk(GARBAGE));
             sock.write_all(&resp).await?;
             sock.flush().await?;
             // Drain the (full-duplex) request body until the runtime closes it or gives up, at
@@ -147,17 +111,6 @@ async fn serve(mut sock: TcpStream, invokes: Arc<AtomicUsize>) -> Result<()> {
             return Ok(());
         }
 
-        let body = r#"{"code":404,"message":"not found"}"#;
-        let resp = format!(
-            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-            body.len(),
-            body
-        );
-        sock.write_all(resp.as_bytes()).await?;
-        return Ok(());
+        return write_not_found(&mut sock).await;
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }

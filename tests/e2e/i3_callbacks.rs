@@ -3,25 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context};
 use serde_json::json;
 
 use crate::harness::*;
-
-/// Waits for the awakeable id the Waiter writes to `$AWAKEABLE_DIR/<x>`.
-async fn awakeable_id(dir: &std::path::Path, x: &str) -> Result<String> {
-    let path = dir.join(x);
-    let deadline = Deadline::after(Duration::from_secs(30), format!("waiting for {}", path.display()));
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&path) {
-            if !s.trim().is_empty() {
-                return Ok(s.trim().to_string());
-            }
-        }
-        deadline.check("file absent or empty")?;
-        sleep_ms(50).await;
-    }
-}
 
 #[test]
 fn i3_d_awakeable_resolve_once() {

@@ -92,13 +92,6 @@ async fn check_ended(kiln: &Kiln, ops: &[Op]) -> Result<(BTreeMap<String, i64>, 
     Ok((completed, statuses))
 }
 
-async fn inflight(kiln: &Kiln) -> Result<u64> {
-    let health = kiln.http.get(&format!("{}/health", kiln.admin())).await?.ok_json()?;
-    health["inflightInvocations"]
-        .as_u64()
-        .with_context(|| format!("no inflightInvocations in {health}"))
-}
-
 #[test]
 fn j_cancel_and_kill_racing_completion_leave_nothing_pending() {
     run(

@@ -10,7 +10,11 @@
 
 mod harness;
 
+// Fake SDK endpoints and a proxy before a real one, on the SDK side of protocol v1.
 mod fake_endpoint;
+mod relay_endpoint;
+mod sdk_wire;
+mod start_spy;
 
 mod a_counter;
 mod b_runtime_crash;
@@ -28,6 +32,7 @@ mod i3_twin;
 
 // The invocation core (issue 8): control racing completion, input ranges, restart cost.
 mod j_control_races;
+mod j_found_by_reading;
 mod j_restart_cost;
 
 // Cluster (docs/cluster.md): nodes behind a real nginx, join/leave and SIGKILL under load,

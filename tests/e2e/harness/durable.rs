@@ -1,9 +1,11 @@
 //! Helpers for the durable communication / time / workflow tests (protocol §5): admin listing
-//! with paging, cancel and kill, terminal failures, waiting for a final status.
+//! with paging, cancel and kill, terminal failures, waiting for a final status, invocations in
+//! flight, awakeable ids written by the Waiter.
 
 #![allow(dead_code, unused_imports)]
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
@@ -123,6 +125,47 @@ impl Kiln {
         self.http
             .post_timeout(&format!("{}/{path}", self.ingress()), body.to_string(), &[], timeout)
             .await
+    }
+}
+
+/// `inflightInvocations` of `GET {admin}/health`.
+pub async fn inflight(kiln: &Kiln) -> Result<u64> {
+    let health = kiln
+        .http
+        .get_timeout(&format!("{}/health", kiln.admin()), Duration::from_secs(10))
+        .await?
+        .ok_json()?;
+    health["inflightInvocations"]
+        .as_u64()
+        .with_context(|| format!("no inflightInvocations in {health}"))
+}
+
+/// Polls `GET /health` until `inflightInvocations` is `want`; returns how long it took.
+pub async fn wait_inflight(kiln: &Kiln, want: u64, timeout: Duration) -> Result<Duration> {
+    let t0 = Instant::now();
+    let deadline = Deadline::after(timeout, format!("waiting for {want} invocations in flight"));
+    loop {
+        let now = inflight(kiln).await?;
+        if now == want {
+            return Ok(t0.elapsed());
+        }
+        deadline.check(format!("inflightInvocations = {now}"))?;
+        sleep_ms(50).await;
+    }
+}
+
+/// Waits for the awakeable id the Waiter (tests/services) writes to `$AWAKEABLE_DIR/<x>`.
+pub async fn awakeable_id(dir: &Path, x: &str) -> Result<String> {
+    let path = dir.join(x);
+    let deadline = Deadline::after(Duration::from_secs(30), format!("waiting for {}", path.display()));
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            if !s.trim().is_empty() {
+                return Ok(s.trim().to_string());
+            }
+        }
+        deadline.check("file absent or empty")?;
+        sleep_ms(20).await;
     }
 }
 

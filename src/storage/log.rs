@@ -1,6 +1,8 @@
-//! Group commit: one thread drains every pending commit into one fjall batch and one
-//! fdatasync, then completes all their waiters. Concurrent invocations share fsyncs; nothing
-//! is acknowledged before its batch is on disk.
+//! The partition log: the only way a batch reaches storage. Every batch is one partition's
+//! (plus unpartitioned metadata) — the unit a replicated log per partition will carry — and
+//! is checked against the partition gate in commit order. Group commit: one thread drains
+//! every pending batch, of any partitions, into one fjall batch and one fdatasync, then
+//! completes all their waiters. Nothing is acknowledged before its batch is on disk.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -9,214 +11,50 @@ use std::sync::{Arc, Mutex};
 use fjall::PersistMode;
 use tokio::sync::oneshot;
 
-use super::gate::{key_partition, PartitionGate};
-use super::{keys, InvocationRecord, OutboxMessage, StorageError, Tables};
-use crate::ids::InvocationId;
-
-/// Tables a batch can write. The order of variants is not stored anywhere.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Table {
-    Invocations,
-    Journal,
-    State,
-    Inbox,
-    Idempotency,
-    Deployments,
-    Outbox,
-    Timers,
-    Promises,
-    /// Cluster metadata (membership); not partitioned.
-    Cluster,
-    /// Index: one row per unfinished invocation (derived from `Invocations`).
-    Unfinished,
-    /// Index: one row per finished invocation with a retention deadline, by deadline.
-    Expiry,
-}
-
-impl Table {
-    /// Every partitioned table, in the order a partition's rows are moved. A position here is
-    /// the table's index in a hand-off's `ImportRequest` (node-to-node wire format): append new
-    /// tables, never reorder. The indexes are moved like any table, so a partition arrives with
-    /// them in step with its records.
-    pub const PARTITIONED: [Table; 10] = [
-        Table::Invocations,
-        Table::Journal,
-        Table::State,
-        Table::Inbox,
-        Table::Idempotency,
-        Table::Outbox,
-        Table::Timers,
-        Table::Promises,
-        Table::Unfinished,
-        Table::Expiry,
-    ];
-
-    /// Keys start with the partition id (all tables but metadata).
-    pub fn is_partitioned(self) -> bool {
-        !matches!(self, Table::Deployments | Table::Cluster)
-    }
-}
-
-#[derive(Clone)]
-enum Op {
-    Put(Table, Vec<u8>, Vec<u8>),
-    Delete(Table, Vec<u8>),
-}
-
-impl Op {
-    /// The table and key it writes.
-    fn target(&self) -> (Table, &[u8]) {
-        match self {
-            Op::Put(t, k, _) | Op::Delete(t, k) => (*t, k),
-        }
-    }
-
-    /// The partition it writes, if its table is partitioned.
-    fn partition(&self) -> Option<u16> {
-        let (table, key) = self.target();
-        table.is_partitioned().then(|| key_partition(key))
-    }
-}
-
-/// Writes that must become durable together (one step: entry + state + inbox + ...).
-#[derive(Default, Clone)]
-pub struct WriteBatch {
-    ops: Vec<Op>,
-    /// Partition moves write partitions this node does not serve; nothing else may.
-    bypass_gate: bool,
-}
-
-impl WriteBatch {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
-        self.ops.push(Op::Put(table, key, value));
-    }
-
-    pub fn delete(&mut self, table: Table, key: Vec<u8>) {
-        self.ops.push(Op::Delete(table, key));
-    }
-
-    /// Writes an invocation's record. The one way a record is written, so that the indexes
-    /// derived from it (`unfinished`, `expiry`) stay in step with it, in the same batch.
-    /// Within a batch (and a writer group) the last write of a key wins, so an unfinished put
-    /// followed by a finished one leaves no `unfinished` row.
-    pub fn put_invocation(&mut self, id: &InvocationId, record: &InvocationRecord) {
-        self.put(Table::Invocations, keys::invocation(id), super::encode(record));
-        let (unfinished, expiry) = super::indexes::index_rows(id, record);
-        match unfinished {
-            Some(key) => self.put(Table::Unfinished, key, Vec::new()),
-            None => self.delete(Table::Unfinished, keys::unfinished(id)),
-        }
-        // A finished record is written once; should one be rewritten with another deadline,
-        // the sweep drops the stale `expiry` row (it checks every row against its record).
-        if let Some(key) = expiry {
-            self.put(Table::Expiry, key, Vec::new());
-        }
-    }
-
-    /// Adds the writes of a core transition, except its messages: `stage` adds each of those
-    /// (as an outbox row) in order.
-    pub fn put_writes(&mut self, writes: Vec<crate::core::Write>, mut stage: impl FnMut(&mut Self, OutboxMessage)) {
-        use crate::core::Write;
-        for write in writes {
-            match write {
-                Write::Record(id, record) => self.put_invocation(&id, &record),
-                Write::Entry(id, index, entry) => {
-                    self.put(Table::Journal, keys::journal_entry(&id, index), super::encode(&entry))
-                }
-                Write::Dequeue(object, seq) => self.delete(Table::Inbox, keys::inbox_entry(&object, seq)),
-                Write::Promise(object, name, record) => {
-                    self.put(Table::Promises, keys::promise(&object, &name), super::encode(&record))
-                }
-                Write::Outbox(message) => stage(self, message),
-            }
-        }
-    }
-
-    /// Deletes a finished invocation's record (retention over), with its index rows.
-    pub fn delete_invocation(&mut self, id: &InvocationId, record: &InvocationRecord) {
-        self.delete(Table::Invocations, keys::invocation(id));
-        self.delete(Table::Unfinished, keys::unfinished(id));
-        if let Some(at) = record.expires_at_ms {
-            self.delete(Table::Expiry, keys::expiry(id, at));
-        }
-    }
-
-    /// A batch of a partition move (import or clean-up): passes the partition gate.
-    pub fn for_partition_move() -> Self {
-        Self {
-            ops: Vec::new(),
-            bypass_gate: true,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
-    /// This batch split into one per partition written (unpartitioned writes go with the
-    /// first), in key order of partitions; each may be committed on its own.
-    pub fn into_partitions(self) -> Vec<WriteBatch> {
-        let mut by_partition: std::collections::BTreeMap<Option<u16>, WriteBatch> = Default::default();
-        for op in self.ops {
-            let part = by_partition.entry(op.partition()).or_insert_with(|| WriteBatch {
-                ops: Vec::new(),
-                bypass_gate: self.bypass_gate,
-            });
-            part.ops.push(op);
-        }
-        by_partition.into_values().collect()
-    }
-
-    /// Moves every write of `other` into this batch.
-    pub fn append(&mut self, mut other: WriteBatch) {
-        self.ops.append(&mut other.ops);
-    }
-}
+use super::batch::{Op, WriteBatch};
+use super::gate::PartitionGate;
+use super::{StorageError, Tables};
 
 struct Request {
     batch: WriteBatch,
     done: oneshot::Sender<Result<(), StorageError>>,
 }
 
-/// Counters of the writer, for metrics and benchmarks.
+/// Counters of the log, for metrics and benchmarks.
 #[derive(Default)]
-pub struct WriterStats {
+pub struct LogStats {
     pub commits: AtomicU64,
     pub fsyncs: AtomicU64,
     /// Bytes of keys and values committed (what the journal must hold and replay).
     pub bytes: AtomicU64,
 }
 
-/// Handle to the writer thread. Cheap to clone.
+/// Handle to the log's group-commit thread. Cheap to clone.
 #[derive(Clone)]
-pub struct Writer {
+pub struct PartitionLog {
     tx: SyncSender<Request>,
-    pub stats: Arc<WriterStats>,
+    pub stats: Arc<LogStats>,
     /// Writes that ride with the next group commit (`piggyback`).
     lazy: Arc<Mutex<Vec<Op>>>,
 }
 
-/// Commits waiting for the writer beyond which `commit` answers `Overloaded`.
+/// Batches waiting for the log thread beyond which `append` answers `Overloaded`.
 const QUEUE_CAPACITY: usize = 65_536;
 /// Largest number of commits folded into one fdatasync.
 const GROUP_MAX: usize = 4096;
 /// Piggybacked writes held before they are committed on their own.
 const LAZY_MAX: usize = 4096;
 
-impl Writer {
+impl PartitionLog {
     pub(super) fn start(tables: Tables, gate: Arc<PartitionGate>) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
-        let stats = Arc::new(WriterStats::default());
+        let stats = Arc::new(LogStats::default());
         let lazy = Arc::new(Mutex::new(Vec::new()));
         let (thread_stats, thread_lazy) = (stats.clone(), lazy.clone());
         std::thread::Builder::new()
-            .name("kiln-storage-writer".into())
+            .name("kiln-partition-log".into())
             .spawn(move || run(tables, rx, thread_stats, thread_lazy, gate))
-            .expect("spawn storage writer thread");
+            .expect("spawn partition log thread");
         Self { tx, stats, lazy }
     }
 
@@ -243,8 +81,9 @@ impl Writer {
         }
     }
 
-    /// Queues `batch`; the returned future resolves once it is fdatasync'ed.
-    pub fn commit(&self, batch: WriteBatch) -> impl std::future::Future<Output = Result<(), StorageError>> + 'static {
+    /// Appends `batch` (one partition's); the returned future resolves once it is
+    /// fdatasync'ed, or with the reason it was refused.
+    pub fn append(&self, batch: WriteBatch) -> impl std::future::Future<Output = Result<(), StorageError>> + 'static {
         let (done, rx) = oneshot::channel();
         let queued = match self.tx.try_send(Request { batch, done }) {
             Ok(()) => Ok(rx),
@@ -260,7 +99,7 @@ impl Writer {
     }
 }
 
-/// Why the writer refuses `batch`, if it does: it writes more than one partition (each batch
+/// Why the log refuses `batch`, if it does: it writes more than one partition (each batch
 /// is one partition's, the unit a replicated log per partition would carry), or a partition the
 /// gate does not mark `Owned`. Partition moves bypass both.
 fn refusal(batch: &WriteBatch, gate: &PartitionGate) -> Option<StorageError> {
@@ -286,7 +125,7 @@ fn refusal(batch: &WriteBatch, gate: &PartitionGate) -> Option<StorageError> {
 fn run(
     tables: Tables,
     rx: Receiver<Request>,
-    stats: Arc<WriterStats>,
+    stats: Arc<LogStats>,
     lazy: Arc<Mutex<Vec<Op>>>,
     gate: Arc<PartitionGate>,
 ) {
@@ -377,6 +216,7 @@ fn last_writes(ops: Vec<Op>) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Table;
 
     #[test]
     fn only_the_last_write_of_a_key_is_kept() {
