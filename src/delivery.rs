@@ -23,7 +23,7 @@ use crate::node::Node;
 pub use crate::object::CompleteError;
 use crate::object::{ObjectMsg, Owner, SubmitError};
 use crate::storage::{
-    encode, key_partition, InvokeMessage, OutboxMessage, PromiseMessage, StorageError, Table, WriteBatch,
+    encode, key_partition, InvokeMessage, OutboxMessage, PromiseMessage, StorageError, Table, TimerRecord, WriteBatch,
 };
 
 /// A completion message has taken effect (or never can: its entry is gone or already done).
@@ -277,6 +277,29 @@ impl Node {
         })
         .await
         .unwrap_or(false)
+    }
+
+    /// A due timer's effect, with its row (`key`) deleted in the same batch.
+    pub(crate) async fn fire(self: &Arc<Self>, key: Vec<u8>, timer: TimerRecord) {
+        match timer {
+            TimerRecord::Wake { invocation, index } => {
+                let mut extra = WriteBatch::new();
+                extra.delete(Table::Timers, key);
+                let woken = self
+                    .complete(
+                        invocation,
+                        index,
+                        CompletionResult::default(),
+                        extra,
+                        Completer::Message,
+                    )
+                    .await;
+                if let Err(e @ CompleteError::Storage(_)) = woken {
+                    tracing::warn!(invocation_id = %invocation, error = %e, "timer not fired; retried on restart");
+                }
+            }
+            TimerRecord::Activate { invocation } => self.activate(invocation, key).await,
+        }
     }
 
     /// Turns a scheduled invocation into a pending one (its timer fired), through its owner.

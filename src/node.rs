@@ -30,7 +30,7 @@ pub struct Node {
     pub objects: ObjectRegistry,
     pub waiters: Waiters,
     pub live: LiveTable,
-    pub timers: TimerService,
+    pub timers: Arc<TimerService>,
     pub cluster: Cluster,
     /// One partition hand-off or import at a time.
     pub(crate) handoff_lock: tokio::sync::Mutex<()>,
@@ -427,6 +427,42 @@ impl Node {
     }
 }
 
+impl crate::invoker::AttemptHost for Node {
+    fn limits(&self) -> crate::invoker::AttemptLimits {
+        crate::invoker::AttemptLimits {
+            suspend_after_ms: self.config.suspend_after_ms,
+            inactivity_timeout_ms: self.config.attempt_inactivity_timeout_ms,
+            max_frame_bytes: self.config.max_frame_bytes,
+        }
+    }
+
+    fn log(&self) -> &crate::storage::PartitionLog {
+        &self.store.log
+    }
+
+    fn catalog(&self) -> Arc<dyn crate::core::entry::Catalog> {
+        self.schema.snapshot()
+    }
+
+    fn outbox_key(&self, partition: u16) -> Vec<u8> {
+        self.next_outbox_key(partition)
+    }
+
+    fn arm_timer(&self, key: Vec<u8>, due_ms: u64, timer: crate::storage::TimerRecord) {
+        self.timers.register(key, due_ms, timer);
+    }
+
+    fn deliver(
+        self: Arc<Self>,
+        key: Vec<u8>,
+        message: OutboxMessage,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        Box::pin(async move {
+            Node::deliver(&self, Some(key), message, false).await;
+        })
+    }
+}
+
 /// Runs `read` on the blocking pool (fjall reads block).
 pub(crate) async fn blocking<T: Send + 'static>(
     store: &Store,
@@ -459,7 +495,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         schema,
         waiters: Waiters::default(),
         live: LiveTable::default(),
-        timers: TimerService::default(),
+        timers: Arc::new(TimerService::default()),
         cluster,
         handoff_lock: tokio::sync::Mutex::new(()),
         inflight: AtomicUsize::new(0),
@@ -483,7 +519,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(e) => return Err(e),
     };
     actix_rt::spawn(ObjectRegistry::supervise(node.clone(), Duration::from_secs(1)));
-    actix_rt::spawn(TimerService::run(node.clone()));
+    let fire_node = node.clone();
+    actix_rt::spawn(node.timers.clone().run(node.store.clone(), move |key, timer| {
+        // Each firing is independent; run them concurrently.
+        let node = fire_node.clone();
+        actix_rt::spawn(async move { node.fire(key, timer).await });
+    }));
 
     let data = web::Data::from(node.clone());
     let ingress_data = data.clone();

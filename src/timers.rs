@@ -6,10 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::delivery::Completer;
-use crate::journal::CompletionResult;
-use crate::node::Node;
-use crate::storage::{key_partition, now_ms, StorageError, Store, Table, TimerRecord, WriteBatch};
+use crate::storage::{key_partition, now_ms, StorageError, Store, TimerRecord};
 
 /// How far ahead timers are loaded into memory.
 const WINDOW_MS: u64 = 30_000;
@@ -65,34 +62,32 @@ impl TimerService {
         self.near.lock().expect("timers lock").timers.len()
     }
 
-    /// The timer loop: fires due timers, refills the window, sleeps until the next one.
-    pub async fn run(node: Arc<Node>) {
+    /// The timer loop: hands each due timer to `fire` (with its row's key, which `fire`
+    /// deletes in the batch of the timer's effect), refills the window from `store`, sleeps
+    /// until the next one.
+    pub async fn run(self: Arc<Self>, store: Store, fire: impl Fn(Vec<u8>, TimerRecord) + 'static) {
         loop {
             let now = now_ms();
             let due: Vec<((u64, Vec<u8>), TimerRecord)> = {
-                let mut near = node.timers.near.lock().expect("timers lock");
+                let mut near = self.near.lock().expect("timers lock");
                 let later = near.timers.split_off(&(now + 1, Vec::new()));
                 std::mem::replace(&mut near.timers, later).into_iter().collect()
             };
             for ((_, key), timer) in due {
-                let node = node.clone();
-                // Each firing is independent; run them concurrently.
-                actix_rt::spawn(async move { fire(&node, key, timer).await });
+                fire(key, timer);
             }
-            let refill = node.timers.near.lock().expect("timers lock").loaded_until_ms <= now + WINDOW_MS / 2;
+            let refill = self.near.lock().expect("timers lock").loaded_until_ms <= now + WINDOW_MS / 2;
             if refill {
-                let store = node.store.clone();
-                let node2 = node.clone();
+                let (store, timers) = (store.clone(), self.clone());
                 let _ = tokio::task::spawn_blocking(move || {
                     let gate = store.gate.clone();
-                    if let Err(e) = node2.timers.load(&store, &move |p| gate.owns(p)) {
+                    if let Err(e) = timers.load(&store, &move |p| gate.owns(p)) {
                         tracing::error!(error = %e, "timers.load failed");
                     }
                 })
                 .await;
             }
-            let next_due = node
-                .timers
+            let next_due = self
                 .near
                 .lock()
                 .expect("timers lock")
@@ -105,27 +100,8 @@ impl TimerService {
                 .min(TICK_MS_MAX);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
-                _ = node.timers.wake.notified() => {}
+                _ = self.wake.notified() => {}
             }
         }
-    }
-}
-
-async fn fire(node: &Arc<Node>, key: Vec<u8>, timer: TimerRecord) {
-    match timer {
-        TimerRecord::Wake { invocation, index } => {
-            let mut extra = WriteBatch::new();
-            extra.delete(Table::Timers, key);
-            let _ = node
-                .complete(
-                    invocation,
-                    index,
-                    CompletionResult::default(),
-                    extra,
-                    Completer::Message,
-                )
-                .await;
-        }
-        TimerRecord::Activate { invocation } => node.activate(invocation, key).await,
     }
 }

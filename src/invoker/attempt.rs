@@ -66,7 +66,7 @@ impl Attempt<'_> {
             }),
             random_seed: self.id.random_seed(),
             cancelled: self.cancelled,
-            suspend_after_ms: self.node.config.suspend_after_ms,
+            suspend_after_ms: self.host.limits().suspend_after_ms,
         };
         let mut out = BytesMut::from(&frame::encode(frame::START, &start)[..]);
         for (index, entry) in self.journal.iter().enumerate() {
@@ -96,7 +96,7 @@ impl Attempt<'_> {
             self.record.service,
             self.record.handler
         );
-        let timeout = std::time::Duration::from_millis(self.node.config.attempt_inactivity_timeout_ms);
+        let timeout = std::time::Duration::from_millis(self.host.limits().inactivity_timeout_ms);
         let request = http_client()
             .post(&url)
             .header("content-type", frame::CONTENT_TYPE)
@@ -120,7 +120,7 @@ impl Attempt<'_> {
 
     async fn stream(mut self, response: reqwest::Response, tx: Body, timeout: std::time::Duration) -> AttemptOutcome {
         let mut body = response.bytes_stream();
-        let mut decoder = frame::Decoder::new(self.node.config.max_frame_bytes);
+        let mut decoder = frame::Decoder::new(self.host.limits().max_frame_bytes);
         let mut next_index = self.journal.len() as u32;
         let mut commits = FuturesOrdered::new();
         let mut commits_sent = 0usize;
@@ -217,7 +217,7 @@ impl Attempt<'_> {
                             (self.on_output)(&mut ready.batch, output);
                         }
                         commits_sent += 1;
-                        let commit = self.node.store.log.append(std::mem::take(&mut ready.batch));
+                        let commit = self.host.log().append(std::mem::take(&mut ready.batch));
                         commits.push_back(settle(commit, ready));
                     }
                 }
@@ -246,10 +246,10 @@ impl Attempt<'_> {
                         match action {
                             // Delivered in order, before the next batch's messages: per-sender order.
                             AfterCommit::Deliver(key, message) => {
-                                let queue = deliveries.get_or_insert_with(|| spawn_deliveries(self.node.clone()));
+                                let queue = deliveries.get_or_insert_with(|| spawn_deliveries(self.host.clone()));
                                 let _ = queue.send((key, message));
                             }
-                            AfterCommit::ArmTimer(key, due, timer) => self.node.timers.register(key, due, timer),
+                            AfterCommit::ArmTimer(key, due, timer) => self.host.arm_timer(key, due, timer),
                             // Journaled with its result already: only the SDK needs telling.
                             AfterCommit::Completed(index, result) => {
                                 send_frame(&tx, frame::encode(frame::COMPLETION, &CompletionFrame { index, result: &result }));
@@ -286,7 +286,7 @@ impl Attempt<'_> {
                         // attempt can drop it; answered once durable.
                         let mut batch = WriteBatch::new();
                         (self.on_cancel)(&mut batch);
-                        let commit = self.node.store.log.append(batch);
+                        let commit = self.host.log().append(batch);
                         commits_sent += 1; // it writes the running record: later commits need not
                         let mut marker = PendingCommit::empty(next_index);
                         marker.on_durable = Some(reply);
@@ -329,12 +329,12 @@ fn too_late(command: control::Control, output_sent: bool) -> bool {
 /// Starts the task that delivers an attempt's messages one after another, in production order.
 /// Unbounded, but never longer than the attempt's journal: each message is one journaled entry.
 fn spawn_deliveries(
-    node: std::sync::Arc<crate::node::Node>,
+    host: std::sync::Arc<dyn super::AttemptHost>,
 ) -> tokio::sync::mpsc::UnboundedSender<(Vec<u8>, OutboxMessage)> {
     let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, OutboxMessage)>();
     actix_rt::spawn(async move {
         while let Some((key, message)) = rx.recv().await {
-            node.deliver(Some(key), message, false).await;
+            host.clone().deliver(key, message).await;
         }
     });
     queue

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use super::Attempt;
 use crate::core::entry::{After, EntryInputs};
 use crate::journal::{CompletionResult, Entry, Failure, Output, StateEffect};
-use crate::storage::{keys, now_ms, OutboxMessage, TimerRecord, WriteBatch};
+use crate::storage::{encode, keys, now_ms, OutboxMessage, Table, TimerRecord, WriteBatch};
 
 /// An action taken once the batch is durable, in order.
 pub(super) enum AfterCommit {
@@ -57,7 +57,7 @@ impl Attempt<'_> {
         pending: &mut PendingCommit,
         written: &mut BTreeSet<String>,
     ) -> Result<(), Failure> {
-        let schema = self.node.schema.snapshot();
+        let catalog = self.host.catalog();
         let known_state = match (&effect, self.state) {
             (StateEffect::ClearAll, Some(state)) => state.snapshot().keys().cloned().collect(),
             _ => Vec::new(),
@@ -67,16 +67,17 @@ impl Attempt<'_> {
             record: self.record,
             index,
             now_ms: now_ms(),
-            catalog: &*schema,
+            catalog: &*catalog,
             fresh_id_bits: fastrand::u64(..),
             known_state,
         };
         let planned = crate::core::entry::plan(&inputs, entry, &effect, written)?;
         let partition = self.id.partition();
         let after = &mut pending.after;
-        let node = self.node;
+        let host = &self.host;
         pending.batch.put_writes(planned.writes, |batch, message| {
-            let (key, message) = node.stage(batch, partition, message);
+            let key = host.outbox_key(partition);
+            batch.put(Table::Outbox, key.clone(), encode(&message));
             after.push(AfterCommit::Deliver(key, message));
         });
         for action in planned.after {

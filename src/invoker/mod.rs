@@ -2,9 +2,9 @@
 //! journal sent once, then one ENTRY frame up and one ACK frame down per new step; results of
 //! calls, timers, awakeables and promises arrive as COMPLETION frames.
 //!
-//! Boundary: knows the protocol, the partition log and how entries turn into writes and
-//! messages (`effects.rs`); knows nothing of actors, retries or the HTTP ingress. The caller
-//! decides what an outcome means.
+//! Boundary: knows the protocol and carries out the core's plan of each entry (`effects.rs`);
+//! reaches the rest of the node only through `AttemptHost`; knows nothing of actors, retries
+//! or the HTTP ingress. The caller decides what an outcome means.
 
 mod attempt;
 mod effects;
@@ -17,10 +17,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::core::entry::Catalog;
 use crate::ids::InvocationId;
 use crate::journal::{CompletionResult, Entry, Failure, Output, StateEffect};
-use crate::node::Node;
-use crate::storage::{InvocationRecord, WriteBatch};
+use crate::storage::{InvocationRecord, OutboxMessage, PartitionLog, TimerRecord, WriteBatch};
 
 /// An object's committed state, shared between its actor and its running invocations.
 pub type StateMap = BTreeMap<String, Bytes>;
@@ -94,12 +94,44 @@ pub enum AttemptSignal {
     Kill(tokio::sync::oneshot::Sender<ControlAnswer>),
 }
 
-/// Capacity of an attempt's signal channel; a full channel is safe (see `Node::wake`).
+/// Capacity of an attempt's signal channel; a full channel is safe (the owner's suspension
+/// check re-reads the journal).
 pub const SIGNALS_CAPACITY: usize = 256;
+
+/// The limits an attempt runs under.
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptLimits {
+    /// Sent to the SDK: how long it may wait for a completion before it suspends.
+    pub suspend_after_ms: u32,
+    /// An endpoint that sends nothing for this long ends the attempt (retryable).
+    pub inactivity_timeout_ms: u64,
+    pub max_frame_bytes: usize,
+}
+
+/// What an attempt needs from the node around it — implemented by the node; the invoker
+/// depends on nothing above it.
+pub trait AttemptHost {
+    fn limits(&self) -> AttemptLimits;
+    /// Where the attempt's batches go.
+    fn log(&self) -> &PartitionLog;
+    /// The registered services, as now (what the entry planner may know of them).
+    fn catalog(&self) -> Arc<dyn Catalog>;
+    /// A fresh outbox key in `partition`, ordered after every earlier one.
+    fn outbox_key(&self, partition: u16) -> Vec<u8>;
+    /// Arms a timer whose row is durable.
+    fn arm_timer(&self, key: Vec<u8>, due_ms: u64, timer: TimerRecord);
+    /// Delivers a durable outbox row (`key`) to its receiver; resolves once it took effect or
+    /// was left for a later redelivery.
+    fn deliver(
+        self: Arc<Self>,
+        key: Vec<u8>,
+        message: OutboxMessage,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+}
 
 /// Everything one attempt needs.
 pub struct Attempt<'a> {
-    pub node: &'a Arc<Node>,
+    pub host: Arc<dyn AttemptHost>,
     pub id: InvocationId,
     pub record: &'a InvocationRecord,
     pub epoch: u32,

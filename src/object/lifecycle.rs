@@ -277,7 +277,7 @@ async fn run_attempt(
             finish_writes(&node, &id, &record, InvocationStatus::Completed, output, batch);
     };
     let outcome = Attempt {
-        node: &node,
+        host: node.clone(),
         id,
         record: &record,
         epoch: record.attempts,
