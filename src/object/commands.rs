@@ -7,7 +7,8 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::lifecycle::killed;
-use super::{ObjectActor, Phase};
+use super::phase::{self, Phase};
+use super::ObjectActor;
 use crate::core::control::{decide, Control, Decision, Stage};
 use crate::core::{Action, Command, Completer, Refusal};
 use crate::ids::{partition_of, InvocationId};
@@ -99,24 +100,20 @@ impl ObjectActor {
     /// Tells `id`'s running attempt about a durable completion, or resumes it if it is
     /// suspended on that entry (on any entry when `completion` is `None`: a cancel).
     fn wake(&mut self, id: InvocationId, completion: Option<(u32, CompletionResult)>, ctx: &mut Context<Self>) {
-        match (self.held.get(&id), completion) {
-            (Some(Phase::Running(tx)), Some((index, result))) => {
-                // A full channel is safe: the attempt's suspension re-reads the journal.
-                let _ = tx.try_send(AttemptSignal::Completion { index, result });
+        match phase::wake(self.held.get(&id), completion.as_ref().map(|(index, _)| *index)) {
+            phase::Wake::Signal => {
+                if let (Some(Phase::Running(tx)), Some((index, result))) = (self.held.get(&id), completion) {
+                    // A full channel is safe: the attempt's suspension re-reads the journal.
+                    let _ = tx.try_send(AttemptSignal::Completion { index, result });
+                }
             }
-            (Some(Phase::Suspended(inv)), completion)
-                if completion
-                    .as_ref()
-                    .is_none_or(|(index, _)| inv.record.waiting_on.contains(index)) =>
-            {
-                let Some(Phase::Suspended(inv)) = self.held.remove(&id) else {
-                    unreachable!("matched above")
-                };
-                tracing::debug!(invocation_id = %id, "invocation.resume");
-                self.begin(id, Some(inv), ctx);
+            phase::Wake::Resume => {
+                if let Some(Phase::Suspended(inv)) = self.held.remove(&id) {
+                    tracing::debug!(invocation_id = %id, "invocation.resume");
+                    self.begin(id, Some(inv), ctx);
+                }
             }
-            // Backing off, queued or starting: its next attempt reads the journal.
-            _ => {}
+            phase::Wake::Nothing => {}
         }
     }
 
@@ -129,7 +126,9 @@ impl ObjectActor {
         reply: oneshot::Sender<Result<(), ControlError>>,
         ctx: &mut Context<Self>,
     ) {
-        if let Some(Phase::Running(tx)) = self.held.get(&id) {
+        let queued_copy = self.queue.iter().find(|q| q.id == id).and_then(|q| q.loaded.clone());
+        let by = phase::control_by(self.held.get(&id), queued_copy.is_some());
+        if let (phase::ControlBy::Attempt, Some(Phase::Running(tx))) = (&by, self.held.get(&id)) {
             let (answer_to, answer) = oneshot::channel();
             let signal = match control {
                 Control::Cancel => AttemptSignal::Cancel(answer_to),
@@ -151,9 +150,10 @@ impl ObjectActor {
             return;
         }
         // The newest copy: what this actor holds, else storage (read in this actor's order).
-        let held = match self.held.get(&id) {
-            Some(Phase::BackingOff(inv) | Phase::Suspended(inv) | Phase::Creating(inv)) => Some(inv.clone()),
-            _ => self.queue.iter().find(|q| q.id == id).and_then(|q| q.loaded.clone()),
+        let held = match (by, self.held.get(&id)) {
+            (phase::ControlBy::OwnerFromStorage, _) => None,
+            (_, Some(Phase::BackingOff(inv) | Phase::Suspended(inv) | Phase::Creating(inv))) => Some(inv.clone()),
+            _ => queued_copy,
         };
         let node = self.node.clone();
         let applying = async move {

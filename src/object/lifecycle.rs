@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
-use super::{ObjectActor, Phase};
+use super::phase::Phase;
+use super::ObjectActor;
 use crate::core::attempt::Retry;
 use crate::ids::InvocationId;
 use crate::invocation::{finish_writes, Invocation, LiveStatus};
@@ -30,7 +31,7 @@ impl ObjectActor {
     pub(super) fn begin(&mut self, id: InvocationId, loaded: Option<Invocation>, ctx: &mut Context<Self>) {
         self.held.insert(id, Phase::Starting);
         let loaded = match loaded {
-            Some(inv) if inv.unwritten || !inv.awaits_completions() => return self.start_attempt(inv, ctx),
+            Some(inv) if !super::phase::needs_read(Some(&inv)) => return self.start_attempt(inv, ctx),
             other => other,
         };
         let node = self.node.clone();

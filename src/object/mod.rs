@@ -22,6 +22,7 @@ mod commands;
 mod creation;
 mod lifecycle;
 mod ordering;
+mod phase;
 mod registry;
 
 use std::collections::{HashMap, VecDeque};
@@ -30,17 +31,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use commands::{CompleteError, ControlError};
 pub use creation::{Created, Reply};
+use phase::Phase;
 pub use registry::{runs_owners_here, ActorHandle, ObjectRegistry, Owner, SubmitError};
 
 use crate::core::control::Control;
 use crate::core::Completer;
 use crate::ids::InvocationId;
 use crate::invocation::Invocation;
-use crate::invoker::{AttemptSignal, StateCache};
+use crate::invoker::StateCache;
 use crate::journal::CompletionResult;
 use crate::node::Node;
 use crate::storage::{InvokeMessage, PromiseMessage, StorageError, WriteBatch};
@@ -105,20 +107,6 @@ struct Queued {
     /// Its creation batch is on disk, or it need not be before it runs (`unwritten`). Entries
     /// join the queue in mailbox order, before that.
     durable: bool,
-}
-
-/// Where an invocation this actor has taken up stands.
-enum Phase {
-    /// Its creation batch is on its way to disk; it runs once that lands (shared, stateless).
-    Creating(Invocation),
-    /// Its journal is being read before its attempt starts.
-    Starting,
-    /// An attempt runs; signals reach it through this channel.
-    Running(mpsc::Sender<AttemptSignal>),
-    /// Waiting out its back-off; a timer of this actor starts the next attempt.
-    BackingOff(Invocation),
-    /// Waiting for one of the entries in `record.waiting_on` to be completed.
-    Suspended(Invocation),
 }
 
 pub struct ObjectActor {
