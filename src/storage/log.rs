@@ -44,6 +44,10 @@ const QUEUE_CAPACITY: usize = 65_536;
 const GROUP_MAX: usize = 4096;
 /// Piggybacked writes held before they are committed on their own.
 const LAZY_MAX: usize = 4096;
+/// Bytes committed after which every table's memtable is sealed and flushed in the
+/// background: on open, fjall re-inserts only what is not flushed, so this bounds that part of
+/// a restart after a crash (fjall's own trigger is 64 MiB per table).
+const FLUSH_AFTER_BYTES: u64 = 16 * 1024 * 1024;
 
 impl PartitionLog {
     pub(super) fn start(tables: Tables, gate: Arc<PartitionGate>) -> Self {
@@ -130,6 +134,7 @@ fn run(
     gate: Arc<PartitionGate>,
 ) {
     let mut group: Vec<Request> = Vec::with_capacity(GROUP_MAX);
+    let mut unflushed = 0u64;
     let admit = |request: Request, group: &mut Vec<Request>| match refusal(&request.batch, &gate) {
         // Checked here, in commit order: once a partition is closed and a later (empty) commit
         // has returned, nothing more of it reaches disk.
@@ -176,6 +181,11 @@ fn run(
         let result = batch.commit().map_err(|e| StorageError::Io(e.to_string()));
         stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        unflushed += bytes;
+        if unflushed >= FLUSH_AFTER_BYTES {
+            unflushed = 0;
+            tables.seal_memtables();
+        }
         stats.commits.fetch_add(group.len() as u64, Ordering::Relaxed);
         let failed = result.is_err();
         for request in group.drain(..) {
