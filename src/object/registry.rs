@@ -184,6 +184,8 @@ impl ObjectRegistry {
             if !gone(owner.partition()) {
                 return true;
             }
+            // Counted like every message (the actor counts it down when it handles it).
+            slot.handle.pending.fetch_add(1, Ordering::AcqRel);
             slot.addr.do_send(ObjectMsg::Evict);
             false
         });
