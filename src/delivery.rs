@@ -93,6 +93,30 @@ impl Node {
         staged
     }
 
+    /// Adds the writes that finish invocation `id` with `output` and `status` to `batch` (as
+    /// `core::finish` decides); returns the message completing its caller's `call` entry,
+    /// staged in the same batch. Its one action, `Finished`, is `Node::finished`: the caller
+    /// runs it once the batch is durable.
+    pub(crate) fn finish_writes(
+        &self,
+        id: &InvocationId,
+        record: &crate::storage::InvocationRecord,
+        status: crate::storage::InvocationStatus,
+        output: &crate::journal::Output,
+        batch: &mut WriteBatch,
+    ) -> Option<(Vec<u8>, OutboxMessage)> {
+        let retention_ms = self.config.idempotency_retention_secs * 1000;
+        let transition = crate::core::finish::apply(
+            *id,
+            record,
+            status,
+            output.clone(),
+            crate::storage::now_ms(),
+            retention_ms,
+        );
+        self.stage_writes(batch, id.partition(), transition.writes).pop()
+    }
+
     /// What the core decides `command` does, given what storage holds. Commands that read
     /// storage are decided on the blocking pool; the others here, without a thread hop.
     pub(crate) async fn decide(&self, command: Command) -> Result<Transition, StorageError> {

@@ -1,6 +1,6 @@
 //! The allowed dependency directions of ARCHITECTURE.md ("Layers"), checked against the
 //! imports in `src/`: the pure bottom (`ids`, `journal`, `core`), storage, and the runtime's
-//! lower half (the invoker, timers, the schema) import nothing above them, and only storage
+//! lower half (the invoker, timers, invocations, the schema) import nothing above them, and only storage
 //! imports fjall.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ const LOWER_LAYERS: &[(&str, &[&str])] = &[
     ("invoker", &["ids", "journal", "core", "storage", "invoker"]),
     // The timer loop hands due timers to a callback.
     ("timers.rs", &["storage"]),
+    ("invocation", &["ids", "journal", "core", "storage", "invocation"]),
     ("schema", &["core", "storage", "invoker", "schema"]),
 ];
 

@@ -12,9 +12,8 @@ pub use live::{LiveStatus, LiveTable};
 pub use waiters::Waiters;
 
 use crate::ids::{InvocationId, ObjectId};
-use crate::journal::{Entry, Output};
-use crate::node::Node;
-use crate::storage::{encode, keys, now_ms, InvocationRecord, InvocationStatus, OutboxMessage, Table, WriteBatch};
+use crate::journal::Entry;
+use crate::storage::{encode, keys, InvocationRecord, Table, WriteBatch};
 
 /// An invocation in memory: its record and its durable journal.
 #[derive(Clone)]
@@ -106,21 +105,4 @@ impl Invocation {
     pub(crate) fn awaits_completions(&self) -> bool {
         self.journal.iter().any(Entry::awaits_completion)
     }
-}
-
-/// Adds the writes that finish the invocation with `output` and `status` to `batch` (as
-/// `core::finish` decides); returns the message completing its caller's `call` entry, staged in
-/// the same batch.
-pub(crate) fn finish_writes(
-    node: &Node,
-    id: &InvocationId,
-    record: &InvocationRecord,
-    status: InvocationStatus,
-    output: &Output,
-    batch: &mut WriteBatch,
-) -> Option<(Vec<u8>, OutboxMessage)> {
-    let retention_ms = node.config.idempotency_retention_secs * 1000;
-    let transition = crate::core::finish::apply(*id, record, status, output.clone(), now_ms(), retention_ms);
-    // Its one action, `Finished`, is `Node::finished`: the caller runs it once this is durable.
-    node.stage_writes(batch, id.partition(), transition.writes).pop()
 }

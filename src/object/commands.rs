@@ -12,7 +12,7 @@ use super::ObjectActor;
 use crate::core::control::{decide, Control, Decision, Stage};
 use crate::core::{Action, Command, Completer, Refusal};
 use crate::ids::{partition_of, InvocationId};
-use crate::invocation::{finish_writes, Invocation};
+use crate::invocation::Invocation;
 use crate::invoker::{AttemptSignal, ControlAnswer};
 use crate::journal::{CompletionResult, Output};
 use crate::storage::{InvocationStatus, OutboxMessage, PromiseMessage, StorageError, Table, WriteBatch};
@@ -181,7 +181,7 @@ impl ObjectActor {
                 }
                 Decision::WriteKilledEnd | Decision::StopAttempt => {
                     let output = Output::Failure(killed());
-                    let message = finish_writes(&node, &id, &inv.record, InvocationStatus::Killed, &output, &mut batch);
+                    let message = node.finish_writes(&id, &inv.record, InvocationStatus::Killed, &output, &mut batch);
                     Applied::Killed {
                         output,
                         counted: inv.record.status != InvocationStatus::Scheduled,

@@ -11,7 +11,7 @@ use super::phase::Phase;
 use super::ObjectActor;
 use crate::core::attempt::Retry;
 use crate::ids::InvocationId;
-use crate::invocation::{finish_writes, Invocation, LiveStatus};
+use crate::invocation::{Invocation, LiveStatus};
 use crate::invoker::{Attempt, AttemptOutcome, ControlAnswer, StateCache, SIGNALS_CAPACITY};
 use crate::journal::{codes, Failure, Output};
 use crate::node::Node;
@@ -206,7 +206,7 @@ impl ObjectActor {
                 record.last_error = Some(f.message.clone());
             }
             let mut batch = inv.unwritten_creation();
-            let message = finish_writes(&node, &id, &record, status, &output, &mut batch);
+            let message = node.finish_writes(&id, &record, status, &output, &mut batch);
             match node.commit_retrying(batch).await {
                 Ok(()) => Some((output, message)),
                 Err(e) => {
@@ -275,7 +275,7 @@ async fn run_attempt(
     let caller_message: Mutex<Option<(Vec<u8>, OutboxMessage)>> = Mutex::new(None);
     let on_output = |batch: &mut WriteBatch, output: &Output| {
         *caller_message.lock().expect("caller message lock") =
-            finish_writes(&node, &id, &record, InvocationStatus::Completed, output, batch);
+            node.finish_writes(&id, &record, InvocationStatus::Completed, output, batch);
     };
     let outcome = Attempt {
         host: node.clone(),
