@@ -233,9 +233,8 @@ impl Node {
         let (id, owner) = (invoke.id, Owner::of_message(&invoke));
         let mut delay = Duration::from_millis(20);
         loop {
-            let message = invoke.clone();
             let created = ask(self, &owner, |reply| ObjectMsg::Deliver {
-                message: message.clone(),
+                message: invoke.clone(),
                 redelivery,
                 reply: Box::new(move |created| {
                     let _ = reply.send(created);

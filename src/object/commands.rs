@@ -126,8 +126,8 @@ impl ObjectActor {
         reply: oneshot::Sender<Result<(), ControlError>>,
         ctx: &mut Context<Self>,
     ) {
-        let queued_copy = self.queue.iter().find(|q| q.id == id).and_then(|q| q.loaded.clone());
-        let by = phase::control_by(self.held.get(&id), queued_copy.is_some());
+        let queued_copy = || self.queue.iter().find(|q| q.id == id).and_then(|q| q.loaded.as_ref());
+        let by = phase::control_by(self.held.get(&id), queued_copy().is_some());
         if let (phase::ControlBy::Attempt, Some(Phase::Running(tx))) = (&by, self.held.get(&id)) {
             let (answer_to, answer) = oneshot::channel();
             let signal = match control {
@@ -153,7 +153,7 @@ impl ObjectActor {
         let held = match (by, self.held.get(&id)) {
             (phase::ControlBy::OwnerFromStorage, _) => None,
             (_, Some(Phase::BackingOff(inv) | Phase::Suspended(inv) | Phase::Creating(inv))) => Some(inv.clone()),
-            _ => queued_copy,
+            _ => queued_copy().cloned(),
         };
         let node = self.node.clone();
         let applying = async move {

@@ -180,7 +180,12 @@ impl ObjectActor {
     /// passivate a stateless owner that has nothing left.
     fn ended(&mut self, id: InvocationId, ctx: &mut Context<Self>) {
         self.held.remove(&id);
-        self.dequeue(id);
+        if self.queue.front().is_some_and(|h| h.id == id && h.loaded.is_none()) {
+            // The usual end: the head that ran; `run_next` took its input off `held_bytes`.
+            self.queue.pop_front();
+        } else {
+            self.dequeue(id); // ended before it ran (killed), or not queued at all
+        }
         self.run_next(ctx);
         if matches!(self.owner, Owner::Stateless(_)) && self.is_idle() {
             self.passivate(ctx);

@@ -23,16 +23,17 @@ pub enum Owner {
 
 impl Owner {
     pub fn of(id: InvocationId, record: &InvocationRecord) -> Self {
-        match record.kind {
-            HandlerKind::Stateless => Owner::Stateless(id),
-            _ => Owner::Object(ObjectId::new(&record.service, &record.key)),
-        }
+        Self::for_kind(record.kind, id, &record.service, &record.key)
     }
 
     pub fn of_message(message: &InvokeMessage) -> Self {
-        match message.kind {
-            HandlerKind::Stateless => Owner::Stateless(message.id),
-            _ => Owner::Object(ObjectId::new(&message.service, &message.key)),
+        Self::for_kind(message.kind, message.id, &message.service, &message.key)
+    }
+
+    fn for_kind(kind: HandlerKind, id: InvocationId, service: &str, key: &str) -> Self {
+        match kind {
+            HandlerKind::Stateless => Owner::Stateless(id),
+            _ => Owner::Object(ObjectId::new(service, key)),
         }
     }
 
