@@ -124,7 +124,7 @@ impl Config {
             ));
         }
         if let Some(spec) = &self.cluster {
-            crate::cluster::parse_members(spec).map_err(|e| format!("cluster: {e}"))?;
+            parse_members(spec).map_err(|e| format!("cluster: {e}"))?;
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(format!(
@@ -142,6 +142,26 @@ impl Config {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
         }
     }
+}
+
+/// `n1=127.0.0.1:7071,n2=…` → [(id, peer address)].
+pub fn parse_members(spec: &str) -> anyhow::Result<Vec<(String, String)>> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (id, addr) = item
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("cluster member {item:?}: expected id=host:port"))?;
+            anyhow::ensure!(
+                !id.is_empty() && id.len() <= 64,
+                "node id {id:?} must be 1 to 64 characters"
+            );
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|e| anyhow::anyhow!("cluster member {item:?}: bad address: {e}"))?;
+            Ok((id.to_owned(), addr.to_owned()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

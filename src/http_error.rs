@@ -6,6 +6,11 @@ use actix_web::{HttpResponse, ResponseError};
 use crate::object::SubmitError;
 use crate::storage::StorageError;
 
+/// Names the invocation a request created or found (answers of ingress and admin).
+pub const INVOCATION_ID_HEADER: &str = "x-kiln-invocation-id";
+/// Set on a 503 that means "the partition is moving; route again".
+pub const MOVING_HEADER: &str = "x-kiln-moving";
+
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
@@ -67,7 +72,7 @@ impl ResponseError for ApiError {
         }
         if self.moving {
             r.headers_mut().insert(
-                actix_web::http::header::HeaderName::from_static(crate::cluster::forward::MOVING_HEADER),
+                actix_web::http::header::HeaderName::from_static(MOVING_HEADER),
                 actix_web::http::header::HeaderValue::from_static("1"),
             );
         }

@@ -3,9 +3,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod config;
-pub mod control;
 pub mod core;
-pub mod delivery;
 pub mod http_error;
 pub mod ids;
 pub mod ingress;
@@ -14,6 +12,8 @@ pub mod invoker;
 pub mod journal;
 pub mod node;
 pub mod object;
+pub mod placement;
 pub mod schema;
+pub mod serve;
 pub mod storage;
 pub mod timers;

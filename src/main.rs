@@ -180,7 +180,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = args.into_config()?;
             init_tracing(&config.log_format);
-            actix_rt::System::new().block_on(kiln::node::run(config))
+            actix_rt::System::new().block_on(kiln::serve::run(config))
         }
         Command::Cluster(command) => actix_rt::System::new().block_on(cluster_command(command)),
     }

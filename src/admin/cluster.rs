@@ -10,11 +10,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::at_owner;
-use crate::cluster::peer::{client, MembershipChange};
-use crate::cluster::{MemberState, RebalanceError, VIRTUAL_NODES};
 use crate::http_error::ApiError;
 use crate::ids::{partition_of, ObjectId, PARTITIONS_COUNT};
 use crate::node::Node;
+use crate::placement::client::{self, MembershipChange};
+use crate::placement::{MemberState, RebalanceError, VIRTUAL_NODES};
 use crate::storage::DeploymentRecord;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
@@ -288,7 +288,7 @@ async fn change(node: web::Data<Node>, change: MembershipChange) -> Result<HttpR
 
 async fn add_node(body: web::Json<AddNode>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let AddNode { id, peer_addr } = body.into_inner();
-    crate::cluster::parse_members(&format!("{id}={peer_addr}")).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    crate::config::parse_members(&format!("{id}={peer_addr}")).map_err(|e| ApiError::bad_request(e.to_string()))?;
     change(node, MembershipChange::Add { id, peer_addr }).await
 }
 

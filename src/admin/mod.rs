@@ -11,10 +11,10 @@ mod cluster;
 mod ui;
 
 use crate::cluster::forward::{self, Listener};
-use crate::control::ControlError;
 use crate::http_error::ApiError;
 use crate::ids::{stable_hash, InvocationId};
 use crate::journal::{Entry, Output};
+use crate::node::ControlError;
 use crate::node::Node;
 use crate::storage::{encode, keys, now_ms, DeploymentRecord, InvocationRecord, InvocationStatus, Table, WriteBatch};
 

@@ -14,22 +14,20 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 
-use super::peer::{client, RemoteOutput};
-use super::Placement;
-use crate::http_error::{error_body, ApiError};
+use crate::http_error::{error_body, ApiError, INVOCATION_ID_HEADER, MOVING_HEADER};
 use crate::ids::InvocationId;
 use crate::journal::Output;
 use crate::node::{Node, Waited};
+use crate::placement::client::{self, RemoteOutput};
+use crate::placement::Placement;
 
 /// Header stamped on forwarded requests: the forwarder's ring epoch.
 pub const FORWARDED_HEADER: &str = "x-kiln-ring-epoch";
-/// Set on a 503 that means "the partition is moving; route again".
-pub const MOVING_HEADER: &str = "x-kiln-moving";
 /// How long a request waits for a partition in motion before it gets a 503.
 const MOVE_WAIT: Duration = Duration::from_secs(30);
 /// Headers relayed in both directions.
 const RELAYED_REQUEST_HEADERS: [&str; 3] = ["content-type", "idempotency-key", "accept"];
-const RELAYED_RESPONSE_HEADERS: [&str; 3] = ["content-type", crate::ingress::INVOCATION_ID_HEADER, "retry-after"];
+const RELAYED_RESPONSE_HEADERS: [&str; 3] = ["content-type", INVOCATION_ID_HEADER, "retry-after"];
 
 /// Which listener of the owner a request goes to.
 #[derive(Clone, Copy)]

@@ -10,52 +10,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use super::peer::{self, MembershipChange};
-use super::{MemberState, Membership};
 use crate::node::Node;
+use crate::placement::client::{self, ImportRequest, MembershipChange};
+use crate::placement::{Member, MemberState, Membership, RebalanceError};
 use crate::storage::{PartitionState, StorageError, Table, WriteBatch};
 
 /// Partitions copied per import request (bounds its size).
 const PARTITIONS_PER_IMPORT: usize = 16;
 /// Hand-off attempts per source before a rebalance stops (a new request resumes it).
 const HANDOFF_ATTEMPTS: u32 = 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RebalanceError {
-    #[error("a rebalance is already running ({0} partitions left to move); wait for it to finish")]
-    Running(usize),
-    #[error("node {0:?} is not a member of the cluster")]
-    UnknownNode(String),
-    #[error("node {id:?} is already a member at {peer_addr}")]
-    AddressMismatch { id: String, peer_addr: String },
-    #[error("cannot remove {0:?}: it is the last node on the ring")]
-    LastNode(String),
-    #[error("stale ring epoch {got}: this node is at epoch {current}")]
-    StaleEpoch { got: u64, current: u64 },
-    #[error("this node is not a member of a cluster yet")]
-    NotMember,
-    #[error("peer {peer}: {message}")]
-    Peer { peer: String, message: String },
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
-
-/// Rows of some partitions, as moved between nodes.
-#[derive(Serialize, Deserialize)]
-pub struct ImportRequest {
-    pub epoch: u64,
-    pub partitions: Vec<u16>,
-    /// (index into `Table::PARTITIONED`, key, value)
-    pub rows: Vec<(u8, serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct HandoffRequest {
-    pub base_epoch: u64,
-    pub next: Membership,
-}
 
 impl Node {
     /// Applies a membership change requested through the admin API or by a joining node, then
@@ -82,7 +45,7 @@ impl Node {
                     if pending > 0 {
                         return Err(RebalanceError::Running(pending));
                     }
-                    next.members.push(super::Member {
+                    next.members.push(Member {
                         id: id.clone(),
                         peer_addr: peer_addr.clone(),
                         state: MemberState::Joining,
@@ -114,7 +77,7 @@ impl Node {
         }
         if let Some(addr) = &new_peer {
             for deployment in self.schema.snapshot().deployments.iter() {
-                if let Err(e) = peer::client::push_deployment(addr, deployment).await {
+                if let Err(e) = client::push_deployment(addr, deployment).await {
                     tracing::warn!(peer = %addr, error = %e, "cluster.deployment_push_failed");
                 }
             }
@@ -144,19 +107,20 @@ impl Node {
             for p in misplaced.iter().filter(|p| current.owner(**p) == source) {
                 next.owners[*p as usize] = targets[*p as usize].clone();
             }
-            let result = if source == self.cluster.node_id {
-                self.handoff(current.epoch, next.clone()).await.map(|_| ())
-            } else {
-                match current.member(&source) {
-                    Some(m) => peer::client::handoff(&m.peer_addr, current.epoch, &next)
-                        .await
-                        .map_err(|e| RebalanceError::Peer {
-                            peer: source.clone(),
-                            message: e.to_string(),
+            let result =
+                if source == self.cluster.node_id {
+                    self.handoff(current.epoch, next.clone()).await.map(|_| ())
+                } else {
+                    match current.member(&source) {
+                        Some(m) => client::handoff(&m.peer_addr, current.epoch, &next).await.map_err(|e| {
+                            RebalanceError::Peer {
+                                peer: source.clone(),
+                                message: e.to_string(),
+                            }
                         }),
-                    None => Err(RebalanceError::UnknownNode(source.clone())),
-                }
-            };
+                        None => Err(RebalanceError::UnknownNode(source.clone())),
+                    }
+                };
             match result {
                 Ok(()) => {
                     failures = 0;
@@ -205,7 +169,7 @@ impl Node {
         self.broadcast_membership(&next, None).await;
         for addr in removed {
             // Tell a leaver it is out (it then forwards everything).
-            let _ = peer::client::push_membership(&addr, &next).await;
+            let _ = client::push_membership(&addr, &next).await;
         }
         tracing::info!(epoch = next.epoch, "cluster.rebalance_done");
     }
@@ -247,7 +211,7 @@ impl Node {
                 for chunk in partitions.chunks(PARTITIONS_PER_IMPORT) {
                     let request = self.export(next.epoch, chunk.to_vec()).await?;
                     rows_moved += request.rows.len();
-                    peer::client::import(&addr, &request)
+                    client::import(&addr, &request)
                         .await
                         .map_err(|e| RebalanceError::Peer {
                             peer: target.clone(),

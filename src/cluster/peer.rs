@@ -1,37 +1,21 @@
 //! The node-to-node endpoint: MessagePack over HTTP on `--peer-addr`, and its client.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::handoff::{HandoffRequest, ImportRequest};
-use super::{Membership, Placement};
-use crate::ids::{InvocationId, ObjectId};
-use crate::journal::Output;
+use crate::ids::InvocationId;
 use crate::node::{Node, Waited};
+use crate::placement::client::{HandoffRequest, ImportRequest, MembershipChange, RemoteOutput};
+use crate::placement::{Membership, Placement};
 use crate::storage::{encode, keys, DeploymentRecord, OutboxMessage, StorageError, Table, WriteBatch};
 
-const MSGPACK: &str = "application/msgpack";
+use crate::placement::client::MSGPACK;
 /// Largest node-to-node request (an import of a few partitions).
 const MAX_PEER_BODY_BYTES: usize = 512 * 1024 * 1024;
-
-/// A membership change, as sent to any node.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum MembershipChange {
-    Add { id: String, peer_addr: String },
-    Remove { id: String },
-}
-
-/// What `GET /cluster/v1/output/{id}` answers.
-#[derive(Serialize, Deserialize)]
-pub enum RemoteOutput {
-    Output(Output),
-    NotFound,
-}
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PayloadConfig::new(MAX_PEER_BODY_BYTES))
@@ -179,167 +163,6 @@ async fn deployment(body: web::Bytes, node: web::Data<Node>) -> HttpResponse {
     }
     node.schema.upsert(record);
     HttpResponse::Ok().finish()
-}
-
-/// The client side. One connection pool per thread: actix runs one runtime per thread.
-pub mod client {
-    use super::*;
-
-    thread_local! {
-        static CLIENT: reqwest::Client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .pool_max_idle_per_host(256)
-            // Under the servers' keep-alive (actix: 5 s), so a connection being closed is
-            // never reused for a request.
-            .pool_idle_timeout(Duration::from_secs(3))
-            .build()
-            .expect("http client");
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    pub enum PeerError {
-        #[error("unreachable: {0}")]
-        Unreachable(String),
-        #[error("answered {status}: {message}")]
-        Refused { status: u16, message: String },
-        #[error("{0}")]
-        Other(String),
-    }
-
-    impl PeerError {
-        /// The peer does not serve the partition (stale membership on one side).
-        pub fn misdirected(&self) -> bool {
-            matches!(self, PeerError::Refused { status: 421, .. })
-        }
-    }
-
-    /// The client of all node-to-node traffic, forwarded requests included.
-    pub(crate) fn http() -> reqwest::Client {
-        CLIENT.with(|c| c.clone())
-    }
-
-    async fn send(request: reqwest::RequestBuilder, timeout: Option<Duration>) -> Result<bytes::Bytes, PeerError> {
-        let request = match timeout {
-            Some(t) => request.timeout(t),
-            None => request,
-        };
-        let response = request.send().await.map_err(|e| {
-            if e.is_connect() {
-                PeerError::Unreachable(crate::invoker::error_chain(&e))
-            } else {
-                PeerError::Other(crate::invoker::error_chain(&e))
-            }
-        })?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| PeerError::Other(crate::invoker::error_chain(&e)))?;
-        if !status.is_success() {
-            return Err(PeerError::Refused {
-                status: status.as_u16(),
-                message: String::from_utf8_lossy(&body).into_owned(),
-            });
-        }
-        Ok(body)
-    }
-
-    fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, PeerError> {
-        rmp_serde::from_slice(body).map_err(|e| PeerError::Other(format!("malformed answer: {e}")))
-    }
-
-    fn post(addr: &str, path: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
-        http()
-            .post(format!("http://{addr}{path}"))
-            .header("content-type", MSGPACK)
-            .body(body)
-    }
-
-    pub async fn ping(addr: &str) -> Result<super::super::PingReply, PeerError> {
-        let body = send(
-            http().get(format!("http://{addr}/cluster/v1/ping")),
-            Some(Duration::from_secs(1)),
-        )
-        .await?;
-        parse(&body)
-    }
-
-    pub async fn membership(addr: &str) -> Result<Membership, PeerError> {
-        let body = send(
-            http().get(format!("http://{addr}/cluster/v1/membership")),
-            Some(Duration::from_secs(5)),
-        )
-        .await?;
-        parse(&body)
-    }
-
-    pub async fn push_membership(addr: &str, membership: &Membership) -> Result<(), PeerError> {
-        send(
-            post(addr, "/cluster/v1/membership", encode(membership)),
-            Some(Duration::from_secs(10)),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    pub async fn change(addr: &str, change: &MembershipChange) -> Result<(), PeerError> {
-        send(
-            post(addr, "/cluster/v1/change", encode(change)),
-            Some(Duration::from_secs(30)),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    pub async fn handoff(addr: &str, base_epoch: u64, next: &Membership) -> Result<(), PeerError> {
-        let request = HandoffRequest {
-            base_epoch,
-            next: next.clone(),
-        };
-        send(post(addr, "/cluster/v1/handoff", encode(&request)), None)
-            .await
-            .map(|_| ())
-    }
-
-    pub async fn import(addr: &str, request: &ImportRequest) -> Result<(), PeerError> {
-        send(
-            post(addr, "/cluster/v1/import", encode(request)),
-            Some(Duration::from_secs(120)),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// No timeout: a delivery that is still being applied must not be sent twice at once.
-    pub async fn deliver(addr: &str, message: &OutboxMessage) -> Result<(), PeerError> {
-        send(post(addr, "/cluster/v1/deliver", encode(message)), None)
-            .await
-            .map(|_| ())
-    }
-
-    /// Waits for the output of an invocation the peer owns.
-    pub async fn output(addr: &str, id: InvocationId) -> Result<RemoteOutput, PeerError> {
-        let body = send(http().get(format!("http://{addr}/cluster/v1/output/{id}")), None).await?;
-        parse(&body)
-    }
-
-    pub async fn objects(addr: &str) -> Result<Vec<ObjectId>, PeerError> {
-        let body = send(
-            http().get(format!("http://{addr}/cluster/v1/objects")),
-            Some(Duration::from_secs(5)),
-        )
-        .await?;
-        parse(&body)
-    }
-
-    pub async fn push_deployment(addr: &str, record: &DeploymentRecord) -> Result<(), PeerError> {
-        send(
-            post(addr, "/cluster/v1/deployments", encode(record)),
-            Some(Duration::from_secs(10)),
-        )
-        .await
-        .map(|_| ())
-    }
 }
 
 /// Starts the node-to-node server.

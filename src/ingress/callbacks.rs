@@ -8,12 +8,12 @@ use serde_json::json;
 use super::body::read_limited;
 use super::wait_for;
 use crate::cluster::forward::{self, Listener};
-use crate::delivery::{CompleteError, Completer};
 use crate::http_error::ApiError;
 use crate::ids::workflow_run_id;
 use crate::ids::{parse_awakeable_id, ObjectId};
 use crate::journal::{CompletionResult, Failure};
 use crate::node::Node;
+use crate::node::{CompleteError, Completer};
 use crate::storage::{ServiceKind, WriteBatch};
 
 /// Longest rejection reason kept.

@@ -20,7 +20,7 @@ use crate::journal::Output;
 use crate::node::{Node, Request};
 use crate::storage::{HandlerKind, ServiceKind};
 
-pub const INVOCATION_ID_HEADER: &str = "x-kiln-invocation-id";
+pub use crate::http_error::INVOCATION_ID_HEADER;
 const IDEMPOTENCY_KEY_MAX_BYTES: usize = 256;
 const OBJECT_KEY_MAX_BYTES: usize = 1024;
 

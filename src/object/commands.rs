@@ -76,7 +76,7 @@ impl ObjectActor {
             // The carrying row goes either way: a refused completion can never take effect.
             let staged = node.stage_writes(&mut extra, target.partition(), transition.writes.clone());
             debug_assert!(staged.is_empty(), "a completion stages no messages");
-            node.commit_retrying(extra).await?;
+            node.store().log.append_retrying(extra).await?;
             Ok::<_, StorageError>(transition)
         };
         ctx.wait(applying.into_actor(self).map(move |applied, act, ctx| {
@@ -159,7 +159,7 @@ impl ObjectActor {
         let applying = async move {
             let inv = match held {
                 Some(inv) => Some(inv),
-                None => crate::control::load(&node, id).await?,
+                None => super::host::load(node.store(), id).await?,
             };
             let stage = match &inv {
                 None => Stage::Unknown,
@@ -189,7 +189,7 @@ impl ObjectActor {
                     }
                 }
             };
-            node.commit_retrying(batch).await?;
+            node.store().log.append_retrying(batch).await?;
             Ok(applied)
         };
         ctx.wait(applying.into_actor(self).map(move |applied, act, ctx| {
@@ -242,7 +242,7 @@ impl ObjectActor {
     /// timer's row in the same batch.
     pub(super) fn activate(&mut self, id: InvocationId, timer_key: Vec<u8>, ctx: &mut Context<Self>) {
         let node = self.node.clone();
-        let read = async move { crate::control::load(&node, id).await };
+        let read = async move { super::host::load(node.store(), id).await };
         ctx.wait(read.into_actor(self).map(move |read, act, ctx| {
             let mut extra = WriteBatch::new();
             extra.delete(Table::Timers, timer_key);
@@ -260,7 +260,7 @@ impl ObjectActor {
                 Ok(_) => {
                     let node = act.node.clone();
                     actix_rt::spawn(async move {
-                        let _ = node.commit_retrying(extra).await;
+                        let _ = node.store().log.append_retrying(extra).await;
                     });
                 }
                 Err(e) => tracing::error!(error = %e, invocation_id = %id, "cannot activate; retried on restart"),
@@ -277,7 +277,7 @@ impl ObjectActor {
             let transition = node.decide(Command::Promise(message)).await?;
             let mut batch = WriteBatch::new();
             let staged = node.stage_writes(&mut batch, partition, transition.writes);
-            node.commit_retrying(batch).await?;
+            node.store().log.append_retrying(batch).await?;
             Ok::<_, StorageError>(staged)
         };
         ctx.wait(applying.into_actor(self).map(move |applied, act, _| match applied {

@@ -53,7 +53,7 @@ impl ObjectActor {
             return;
         }
         self.creating.insert(key.clone(), Vec::new());
-        let (store, id) = (self.node.store.clone(), invocation.id);
+        let (store, id) = (self.node.store().clone(), invocation.id);
         let look_up = async move {
             tokio::task::spawn_blocking(move || -> Result<Option<InvocationId>, StorageError> {
                 Ok(match by_row {
@@ -84,7 +84,7 @@ impl ObjectActor {
         let command = Command::Invoke { message, redelivery };
         if !command.reads_storage() {
             // Decided here, without a read or a thread hop.
-            let decided = crate::core::apply(&self.node.store, command).map_err(|e| StorageError::Io(e.0));
+            let decided = crate::core::apply(self.node.store(), command).map_err(|e| StorageError::Io(e.0));
             return self.delivered(id, partition, decided, reply, None, ctx);
         }
         let key = id.0.to_vec();
@@ -135,7 +135,7 @@ impl ObjectActor {
         let staged = node.stage_writes(&mut batch, partition, transition.writes);
         settle_if(self, settles, ctx);
         actix_rt::spawn(async move {
-            match node.commit_retrying(batch).await {
+            match node.store().log.append_retrying(batch).await {
                 Ok(()) => {
                     reply(Ok(Created::Existing(id)));
                     node.deliver_all(staged).await;
@@ -173,12 +173,12 @@ impl ObjectActor {
             batch.append(extra);
             batch.put(Table::Timers, timer_key.clone(), crate::storage::encode(&timer));
             self.committing += 1;
-            let commit = self.node.store.log.append(batch);
+            let commit = self.node.store().log.append(batch);
             self.spawn_then(ctx, commit, move |act, result, ctx| {
                 act.committing -= 1;
                 match result {
                     Ok(()) => {
-                        act.node.timers.register(timer_key, due, timer);
+                        act.node.timers().register(timer_key, due, timer);
                         reply(Ok(Created::New));
                     }
                     Err(e) => reply(Err(e.into())),
@@ -193,9 +193,9 @@ impl ObjectActor {
         }
         let exclusive = invocation.record.kind.is_exclusive();
         if exclusive {
-            let refused = if self.queue.len() >= self.node.config.max_inbox_per_object {
+            let refused = if self.queue.len() >= self.node.config().max_inbox_per_object {
                 Some(SubmitError::InboxFull(self.owner.clone()))
-            } else if self.held_bytes + input_bytes(&invocation) > self.node.config.max_inbox_bytes_per_object {
+            } else if self.held_bytes + input_bytes(&invocation) > self.node.config().max_inbox_bytes_per_object {
                 Some(SubmitError::InboxBytesFull(self.owner.clone()))
             } else {
                 None
@@ -227,7 +227,7 @@ impl ObjectActor {
         }
         let mut batch = invocation.creation_batch();
         batch.append(extra);
-        let commit = self.node.store.log.append(batch);
+        let commit = self.node.store().log.append(batch);
         if exclusive {
             self.queue.push_back(Queued {
                 id,

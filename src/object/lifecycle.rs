@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
+use super::host::OwnerHost;
 use super::phase::Phase;
 use super::ObjectActor;
 use crate::core::attempt::Retry;
@@ -14,7 +15,6 @@ use crate::ids::InvocationId;
 use crate::invocation::{Invocation, LiveStatus};
 use crate::invoker::{Attempt, AttemptOutcome, ControlAnswer, StateCache, SIGNALS_CAPACITY};
 use crate::journal::{codes, Failure, Output};
-use crate::node::Node;
 use crate::storage::{now_ms, InvocationStatus, OutboxMessage, WriteBatch};
 
 /// An attempt that ran: the invocation (with the journal it made durable), how it ended, and
@@ -35,7 +35,7 @@ impl ObjectActor {
             other => other,
         };
         let node = self.node.clone();
-        let read = async move { crate::control::load(&node, id).await };
+        let read = async move { super::host::load(node.store(), id).await };
         ctx.wait(read.into_actor(self).map(move |read, act, ctx| match read {
             Ok(Some(fresh)) if !fresh.record.status.is_finished() => act.start_attempt(fresh, ctx),
             Ok(_) => act.ended(id, ctx),
@@ -49,7 +49,7 @@ impl ObjectActor {
 
     fn start_attempt(&mut self, mut inv: Invocation, ctx: &mut Context<Self>) {
         let id = inv.id;
-        if !self.node.cluster.owns(id.partition()) {
+        if !self.node.owns(id.partition()) {
             self.held.remove(&id);
             return tracing::debug!(invocation_id = %id, "invocation.moved");
         }
@@ -58,7 +58,7 @@ impl ObjectActor {
             self.held.insert(id, Phase::Suspended(inv));
             return;
         }
-        let Some(endpoint) = self.node.schema.endpoint_of(&inv.record.deployment_id) else {
+        let Some(endpoint) = self.node.schema().endpoint_of(&inv.record.deployment_id) else {
             let failure = Failure {
                 code: codes::PROTOCOL_VIOLATION,
                 message: format!("deployment {} is no longer registered", inv.record.deployment_id),
@@ -68,7 +68,7 @@ impl ObjectActor {
         let (tx, signals) = tokio::sync::mpsc::channel(SIGNALS_CAPACITY);
         self.held.insert(id, Phase::Running(tx));
         inv.record.attempts += 1;
-        self.node.live.set(id, live(&inv, InvocationStatus::Running));
+        self.node.live().set(id, live(&inv, InvocationStatus::Running));
         let state = self.state.clone();
         let attempt = run_attempt(self.node.clone(), inv, endpoint, state, signals);
         self.spawn_then(ctx, attempt, |act, ran, ctx| act.attempt_ended(ran, ctx));
@@ -94,7 +94,7 @@ impl ObjectActor {
             AttemptOutcome::Suspended(waiting_on) => self.suspend(inv, waiting_on, ctx),
             // Its partition moved away mid-attempt (commits refused): the new owner replays it,
             // and this actor is being evicted.
-            AttemptOutcome::Retryable(_) if !self.node.cluster.owns(id.partition()) => {
+            AttemptOutcome::Retryable(_) if !self.node.owns(id.partition()) => {
                 tracing::debug!(invocation_id = %id, "invocation.moved");
             }
             AttemptOutcome::Retryable(error) => self.back_off(inv, error, ctx),
@@ -110,7 +110,7 @@ impl ObjectActor {
         let deciding = async move {
             // Unwritten, nothing can have completed one of its entries: none of them is stored.
             if !inv.unwritten {
-                match crate::control::load(&node, id).await {
+                match super::host::load(node.store(), id).await {
                     Ok(Some(fresh)) => inv.journal = fresh.journal,
                     Ok(None) => return (inv, None),
                     Err(e) => tracing::warn!(invocation_id = %id, error = %e, "cannot refresh journal"),
@@ -122,7 +122,7 @@ impl ObjectActor {
             inv.record = record;
             let mut batch = inv.unwritten_creation();
             batch.put_invocation(&id, &inv.record);
-            match node.commit_retrying(batch).await {
+            match node.store().log.append_retrying(batch).await {
                 Ok(()) => inv.unwritten = false,
                 Err(e) => tracing::warn!(invocation_id = %id, error = %e, "could not record the suspension"),
             }
@@ -136,7 +136,7 @@ impl ObjectActor {
                     Some(false) => act.start_attempt(inv, ctx),
                     Some(true) => {
                         tracing::debug!(invocation_id = %id, "invocation.suspended");
-                        act.node.live.set(id, live(&inv, InvocationStatus::Suspended));
+                        act.node.live().set(id, live(&inv, InvocationStatus::Suspended));
                         act.held.insert(id, Phase::Suspended(inv));
                     }
                 }),
@@ -149,24 +149,24 @@ impl ObjectActor {
         tracing::warn!(invocation_id = %id, attempt = inv.record.attempts, %error, "invocation.attempt_failed");
         let node = &self.node;
         let policy = node
-            .schema
+            .schema()
             .retry_policy(&inv.record.deployment_id, &inv.record.service, &inv.record.handler)
             .unwrap_or_default();
-        let max_attempts = policy.max_attempts.unwrap_or(node.config.retry_max_attempts);
+        let max_attempts = policy.max_attempts.unwrap_or(node.config().retry_max_attempts);
         let delay =
-            node.config
+            node.config()
                 .retry_delay_with(inv.record.attempts, policy.initial_interval_ms, policy.max_interval_ms);
         match crate::core::attempt::failed(&inv.record, error, now_ms(), delay.as_millis() as u64, max_attempts) {
             Retry::GiveUp(failure) => return self.end_with(inv, InvocationStatus::Failed, failure, None, ctx),
             Retry::BackOff(record) => inv.record = *record,
         }
-        node.live.set(id, live(&inv, InvocationStatus::BackingOff));
+        node.live().set(id, live(&inv, InvocationStatus::BackingOff));
         self.held.insert(id, Phase::Starting);
         let node = node.clone();
         let recording = async move {
             let mut batch = inv.unwritten_creation();
             batch.put_invocation(&id, &inv.record);
-            match node.commit_retrying(batch).await {
+            match node.store().log.append_retrying(batch).await {
                 Ok(()) => inv.unwritten = false,
                 Err(e) => tracing::warn!(error = %e, "could not record the failed attempt"),
             }
@@ -207,7 +207,7 @@ impl ObjectActor {
             }
             let mut batch = inv.unwritten_creation();
             let message = node.finish_writes(&id, &record, status, &output, &mut batch);
-            match node.commit_retrying(batch).await {
+            match node.store().log.append_retrying(batch).await {
                 Ok(()) => Some((output, message)),
                 Err(e) => {
                     tracing::error!(invocation_id = %id, error = %e, "could not record the end of an invocation");
@@ -250,7 +250,7 @@ fn live(inv: &Invocation, status: InvocationStatus) -> LiveStatus {
 /// Runs one attempt of `inv` against `endpoint`. Whichever of its record writes comes first
 /// carries an unwritten creation; a cancel it records is reflected in the returned record.
 async fn run_attempt(
-    node: Arc<Node>,
+    node: Arc<dyn OwnerHost>,
     mut inv: Invocation,
     endpoint: String,
     state: Option<Arc<StateCache>>,

@@ -20,6 +20,7 @@
 
 mod commands;
 mod creation;
+mod host;
 mod lifecycle;
 mod ordering;
 mod phase;
@@ -35,6 +36,7 @@ use tokio::sync::oneshot;
 
 pub use commands::{CompleteError, ControlError};
 pub use creation::{Created, Reply};
+pub use host::{load, OwnerHost, Staged};
 use phase::Phase;
 pub use registry::{runs_owners_here, ActorHandle, ObjectRegistry, Owner, SubmitError};
 
@@ -44,7 +46,6 @@ use crate::ids::InvocationId;
 use crate::invocation::Invocation;
 use crate::invoker::StateCache;
 use crate::journal::CompletionResult;
-use crate::node::Node;
 use crate::storage::{InvokeMessage, PromiseMessage, StorageError, WriteBatch};
 
 /// Messages an owner handles.
@@ -110,7 +111,7 @@ struct Queued {
 }
 
 pub struct ObjectActor {
-    node: Arc<Node>,
+    node: Arc<dyn OwnerHost>,
     owner: Owner,
     handle: Arc<ActorHandle>,
     /// Committed object state (objects only).
@@ -130,7 +131,7 @@ pub struct ObjectActor {
 }
 
 impl ObjectActor {
-    fn new(node: Arc<Node>, owner: Owner, handle: Arc<ActorHandle>) -> Self {
+    fn new(node: Arc<dyn OwnerHost>, owner: Owner, handle: Arc<ActorHandle>) -> Self {
         Self {
             node,
             owner,
@@ -193,7 +194,7 @@ impl ObjectActor {
     }
 
     fn passivate(&mut self, ctx: &mut Context<Self>) {
-        if self.node.objects.try_passivate(&self.owner, &self.handle) {
+        if self.node.owners().try_passivate(&self.owner, &self.handle) {
             tracing::trace!(owner = %self.owner, "object.passivate");
             ctx.stop();
         }
@@ -262,7 +263,7 @@ impl Actor for ObjectActor {
             return; // a stateless invocation: no inbox, no state; it stops when it ends
         };
         // Activation: rebuild the queue and the state cache from storage before any message.
-        let store = self.node.store.clone();
+        let store = self.node.store().clone();
         let loading = async move {
             tokio::task::spawn_blocking(move || {
                 Ok::<_, StorageError>((store.inbox(&object)?, store.object_state(&object)?))
@@ -289,7 +290,7 @@ impl Actor for ObjectActor {
                 ctx.stop();
             }
         }));
-        let idle = Duration::from_millis(self.node.config.object_idle_ms);
+        let idle = Duration::from_millis(self.node.config().object_idle_ms);
         ctx.run_interval(idle.max(Duration::from_millis(100)) / 2, move |act, ctx| {
             act.in_order(ctx, move |act, ctx| {
                 if act.is_idle() && act.idle_since.elapsed() >= idle {

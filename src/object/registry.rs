@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use actix::dev::SendError;
 use actix::prelude::*;
 
+use super::host::OwnerHost;
 use super::{ObjectActor, ObjectMsg};
 use crate::ids::{partition_of, stable_hash, InvocationId, ObjectId};
-use crate::node::Node;
 use crate::storage::{HandlerKind, InvocationRecord, InvokeMessage, StorageError};
 
 /// Who owns an invocation: every command for it goes through this owner's mailbox. A virtual
@@ -116,7 +116,7 @@ impl ObjectRegistry {
     }
 
     /// Sends `msg` to the owner's actor, starting it if needed.
-    pub fn send(&self, node: &Arc<Node>, owner: &Owner, mut msg: ObjectMsg) -> Result<(), SubmitError> {
+    pub fn send(&self, node: &Arc<dyn OwnerHost>, owner: &Owner, mut msg: ObjectMsg) -> Result<(), SubmitError> {
         for _ in 0..3 {
             let mut actors = self.actors.lock().expect("registry lock");
             let slot = actors.entry(owner.clone()).or_insert_with(|| self.start(node, owner));
@@ -137,7 +137,7 @@ impl ObjectRegistry {
         Err(SubmitError::Stopped)
     }
 
-    fn start(&self, node: &Arc<Node>, owner: &Owner) -> Slot {
+    fn start(&self, node: &Arc<dyn OwnerHost>, owner: &Owner) -> Slot {
         let handle = Arc::new(ActorHandle::default());
         let arbiter = match owner {
             // An object lives on one thread, chosen by its key.
@@ -220,10 +220,10 @@ impl ObjectRegistry {
     /// Supervision: actix does not restart an actor that panicked (its mailbox just closes), so
     /// every `interval` replace dead actors with fresh ones, whose activation reloads the inbox
     /// and state from storage and resumes the interrupted invocation by replay.
-    pub async fn supervise(node: Arc<Node>, interval: std::time::Duration) {
+    pub async fn supervise(node: Arc<dyn OwnerHost>, interval: std::time::Duration) {
         loop {
             tokio::time::sleep(interval).await;
-            let mut actors = node.objects.actors.lock().expect("registry lock");
+            let mut actors = node.owners().actors.lock().expect("registry lock");
             let dead: Vec<Owner> = actors
                 .iter()
                 .filter(|(_, s)| !s.addr.connected())
@@ -231,7 +231,7 @@ impl ObjectRegistry {
                 .collect();
             for owner in dead.iter() {
                 tracing::error!(%owner, "object.actor_died; restarting it from storage");
-                let slot = node.objects.start(&node, owner);
+                let slot = node.owners().start(&node, owner);
                 actors.insert(owner.clone(), slot);
             }
             drop(actors);
@@ -239,16 +239,16 @@ impl ObjectRegistry {
                 // Its activation reloads the inbox; what it held besides (shared and stateless
                 // invocations, running or suspended) is recovered from the unfinished index.
                 let node = node.clone();
-                actix_rt::spawn(async move { node.objects.recover_held(&node, owner).await });
+                actix_rt::spawn(async move { node.owners().recover_held(&node, owner).await });
             }
         }
     }
 
     /// Sends `Recover` for every unfinished invocation of `owner` that is not exclusive (those
     /// resume through the inbox), reading only the unfinished index of its partition.
-    async fn recover_held(&self, node: &Arc<Node>, owner: Owner) {
+    async fn recover_held(&self, node: &Arc<dyn OwnerHost>, owner: Owner) {
         let partition = owner.partition();
-        let unfinished = crate::node::blocking(&node.store, move |store| {
+        let unfinished = crate::storage::blocking(node.store(), move |store| {
             store.unfinished_invocations(&|p| p == partition)
         })
         .await;
@@ -267,7 +267,7 @@ impl ObjectRegistry {
     }
 
     /// Starts the object's actor (its activation resumes its inbox) if it is not running.
-    pub fn activate(&self, node: &Arc<Node>, object: &ObjectId) {
+    pub fn activate(&self, node: &Arc<dyn OwnerHost>, object: &ObjectId) {
         let owner = Owner::Object(object.clone());
         let mut actors = self.actors.lock().expect("registry lock");
         actors.entry(owner.clone()).or_insert_with(|| self.start(node, &owner));

@@ -101,6 +101,21 @@ impl PartitionLog {
             }
         }
     }
+
+    /// `append`, waiting out a full queue (`Overloaded`) with back-off; any other refusal or
+    /// failure is returned. Dropping the future gives up.
+    pub async fn append_retrying(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let mut delay = std::time::Duration::from_millis(10);
+        loop {
+            match self.append(batch.clone()).await {
+                Err(StorageError::Overloaded) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
 /// Why the log refuses `batch`, if it does: it writes more than one partition (each batch

@@ -443,6 +443,17 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `read` on the blocking pool: fjall reads block, and never run on an async thread.
+pub async fn blocking<T: Send + 'static>(
+    store: &Store,
+    read: impl FnOnce(&Store) -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || read(&store))
+        .await
+        .map_err(|e| StorageError::Io(e.to_string()))?
+}
+
 /// The core reads a partition's committed state through this (on the blocking pool).
 impl crate::core::PartitionRead for Store {
     fn invocation(&self, id: &InvocationId) -> Result<Option<InvocationRecord>, crate::core::ReadFailed> {

@@ -14,16 +14,15 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::cluster::{peer, Placement};
-pub use crate::core::Completer;
-use crate::core::{Command, Transition, Write};
+use crate::core::Completer;
 use crate::ids::InvocationId;
 use crate::journal::CompletionResult;
 use crate::node::Node;
-pub use crate::object::CompleteError;
-use crate::object::{ObjectMsg, Owner, SubmitError};
+use crate::object::CompleteError;
+use crate::object::{ObjectMsg, Owner, Staged, SubmitError};
+use crate::placement::{client, Placement};
 use crate::storage::{
-    encode, key_partition, InvokeMessage, OutboxMessage, PromiseMessage, StorageError, Table, TimerRecord, WriteBatch,
+    key_partition, InvokeMessage, OutboxMessage, PromiseMessage, StorageError, Table, TimerRecord, WriteBatch,
 };
 
 /// A completion message has taken effect (or never can: its entry is gone or already done).
@@ -51,7 +50,7 @@ async fn ask<T>(node: &Arc<Node>, owner: &Owner, msg: impl Fn(oneshot::Sender<T>
     let mut delay = Duration::from_millis(10);
     loop {
         let (reply, answer) = oneshot::channel();
-        match node.objects.send(node, owner, msg(reply)) {
+        match node.objects.send(&node.host(), owner, msg(reply)) {
             Ok(()) => return answer.await.ok(),
             Err(SubmitError::MailboxFull(_)) => {
                 tokio::time::sleep(delay).await;
@@ -66,85 +65,6 @@ async fn ask<T>(node: &Arc<Node>, owner: &Owner, msg: impl Fn(oneshot::Sender<T>
 }
 
 impl Node {
-    /// Adds `message` as an outbox row of `partition` to `batch`; deliver it after the commit.
-    pub(crate) fn stage(
-        &self,
-        batch: &mut WriteBatch,
-        partition: u16,
-        message: OutboxMessage,
-    ) -> (Vec<u8>, OutboxMessage) {
-        let key = self.next_outbox_key(partition);
-        batch.put(Table::Outbox, key.clone(), encode(&message));
-        (key, message)
-    }
-
-    /// Adds a transition's `writes` to `batch`, its messages as outbox rows of `partition` (the
-    /// command's); returns those messages with their rows, to deliver once `batch` is durable.
-    pub(crate) fn stage_writes(
-        &self,
-        batch: &mut WriteBatch,
-        partition: u16,
-        writes: Vec<Write>,
-    ) -> Vec<(Vec<u8>, OutboxMessage)> {
-        let mut staged = Vec::new();
-        batch.put_writes(writes, |batch, message| {
-            staged.push(self.stage(batch, partition, message))
-        });
-        staged
-    }
-
-    /// Adds the writes that finish invocation `id` with `output` and `status` to `batch` (as
-    /// `core::finish` decides); returns the message completing its caller's `call` entry,
-    /// staged in the same batch. Its one action, `Finished`, is `Node::finished`: the caller
-    /// runs it once the batch is durable.
-    pub(crate) fn finish_writes(
-        &self,
-        id: &InvocationId,
-        record: &crate::storage::InvocationRecord,
-        status: crate::storage::InvocationStatus,
-        output: &crate::journal::Output,
-        batch: &mut WriteBatch,
-    ) -> Option<(Vec<u8>, OutboxMessage)> {
-        let retention_ms = self.config.idempotency_retention_secs * 1000;
-        let transition = crate::core::finish::apply(
-            *id,
-            record,
-            status,
-            output.clone(),
-            crate::storage::now_ms(),
-            retention_ms,
-        );
-        self.stage_writes(batch, id.partition(), transition.writes).pop()
-    }
-
-    /// What the core decides `command` does, given what storage holds. Commands that read
-    /// storage are decided on the blocking pool; the others here, without a thread hop.
-    pub(crate) async fn decide(&self, command: Command) -> Result<Transition, StorageError> {
-        let decided = if command.reads_storage() {
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || crate::core::apply(&store, command))
-                .await
-                .map_err(|e| StorageError::Io(e.to_string()))?
-        } else {
-            crate::core::apply(&self.store, command)
-        };
-        decided.map_err(|e| StorageError::Io(e.0))
-    }
-
-    /// Commits `batch`, retrying while the log is only overloaded.
-    pub(crate) async fn commit_retrying(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        let mut delay = Duration::from_millis(10);
-        loop {
-            match self.store.log.append(batch.clone()).await {
-                Err(StorageError::Overloaded) => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                other => return other,
-            }
-        }
-    }
-
     /// Delivers one message, here or at the node that owns its target. `key` is its outbox
     /// row, deleted with (or, for another node, after) the message's effect. Returns whether
     /// the effect is durable; if not, the row stays and is delivered again later.
@@ -206,7 +126,7 @@ impl Node {
             match self.cluster.placement(target) {
                 Placement::Local => return Box::pin(self.deliver_here(key, message, true)).await,
                 Placement::Moving => tokio::time::sleep(Duration::from_millis(10)).await,
-                Placement::Remote(peer) => match peer::client::deliver(&peer.peer_addr, &message).await {
+                Placement::Remote(peer) => match client::deliver(&peer.peer_addr, &message).await {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::debug!(node = %peer.id, error = %e, "delivery.remote_retry");
@@ -277,7 +197,7 @@ impl Node {
     ) -> Result<(), CompleteError> {
         let Some(owner) = self.owner_of(target).await? else {
             // No such invocation (swept): the carrying row goes anyway.
-            self.commit_retrying(extra).await?;
+            self.store.log.append_retrying(extra).await?;
             return Err(CompleteError::NotFound);
         };
         ask(self, &owner, |reply| ObjectMsg::Complete {
@@ -329,31 +249,26 @@ impl Node {
     pub(crate) async fn activate(self: &Arc<Self>, id: InvocationId, timer_key: Vec<u8>) {
         match self.owner_of(id).await {
             Ok(Some(owner)) => {
-                if let Err(e) = self.objects.send(self, &owner, ObjectMsg::Activate { id, timer_key }) {
+                if let Err(e) = self
+                    .objects
+                    .send(&self.host(), &owner, ObjectMsg::Activate { id, timer_key })
+                {
                     tracing::warn!(invocation_id = %id, error = %e, "activation deferred");
                 }
             }
             Ok(None) => {
                 let mut batch = WriteBatch::new();
                 batch.delete(Table::Timers, timer_key);
-                let _ = self.commit_retrying(batch).await;
+                let _ = self.store.log.append_retrying(batch).await;
             }
             Err(e) => tracing::error!(error = %e, invocation_id = %id, "cannot activate; retried on restart"),
         }
     }
 
     /// Delivers `staged` messages (durable outbox rows) one after another, in order.
-    pub(crate) async fn deliver_all(self: &Arc<Self>, staged: Vec<(Vec<u8>, OutboxMessage)>) {
+    pub(crate) async fn deliver_all(self: &Arc<Self>, staged: Vec<Staged>) {
         for (key, message) in staged {
             Box::pin(self.deliver(Some(key), message, false)).await;
-        }
-    }
-
-    /// `deliver_all` in a task of its own (an owner never waits for a receiver).
-    pub(crate) fn deliver_in_background(self: &Arc<Self>, staged: Vec<(Vec<u8>, OutboxMessage)>) {
-        if !staged.is_empty() {
-            let node = self.clone();
-            actix_rt::spawn(async move { node.deliver_all(staged).await });
         }
     }
 }

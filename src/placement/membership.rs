@@ -10,6 +10,7 @@ use consistent_hash::{Node as RingNode, RingHash, StaticHashRing};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::PARTITIONS_COUNT;
+use crate::storage::StorageError;
 
 /// Virtual nodes per node on the ring.
 pub const VIRTUAL_NODES: usize = 64;
@@ -168,6 +169,26 @@ impl Membership {
     pub fn partitions_of(&self, id: &str) -> usize {
         self.owners.iter().filter(|o| *o == id).count()
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebalanceError {
+    #[error("a rebalance is already running ({0} partitions left to move); wait for it to finish")]
+    Running(usize),
+    #[error("node {0:?} is not a member of the cluster")]
+    UnknownNode(String),
+    #[error("node {id:?} is already a member at {peer_addr}")]
+    AddressMismatch { id: String, peer_addr: String },
+    #[error("cannot remove {0:?}: it is the last node on the ring")]
+    LastNode(String),
+    #[error("stale ring epoch {got}: this node is at epoch {current}")]
+    StaleEpoch { got: u64, current: u64 },
+    #[error("this node is not a member of a cluster yet")]
+    NotMember,
+    #[error("peer {peer}: {message}")]
+    Peer { peer: String, message: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 #[cfg(test)]

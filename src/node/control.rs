@@ -7,29 +7,15 @@ use crate::core::control::Control;
 use crate::ids::InvocationId;
 use crate::invocation::Invocation;
 use crate::journal::Entry;
-use crate::node::{blocking, Node};
-pub use crate::object::ControlError;
-use crate::object::ObjectMsg;
-use crate::storage::StorageError;
-
-/// Loads an invocation and its journal.
-pub(crate) async fn load(node: &Node, id: InvocationId) -> Result<Option<Invocation>, StorageError> {
-    blocking(&node.store, move |store| {
-        let Some(record) = store.invocation(&id)? else {
-            return Ok(None);
-        };
-        let journal = store.journal(&id)?;
-        Ok(Some(Invocation::new(id, record, journal)))
-    })
-    .await
-}
+use crate::node::Node;
+use crate::object::{ControlError, ObjectMsg};
 
 impl Node {
     /// Requests cancellation: the handler sees a `TerminalException(409)` at its next await and
     /// can compensate. Cascades to the invocations its pending calls wait on.
     pub async fn cancel(self: &Arc<Self>, id: InvocationId) -> Result<(), ControlError> {
         retry_interrupted(|| self.control_once(id, Control::Cancel)).await?;
-        let callees = match load(self, id).await? {
+        let callees = match crate::object::load(&self.store, id).await? {
             Some(inv) => pending_callees(&inv),
             None => Vec::new(),
         };
@@ -56,7 +42,7 @@ impl Node {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if let Err(e) = self
             .objects
-            .send(self, &owner, ObjectMsg::Control { id, control, reply })
+            .send(&self.host(), &owner, ObjectMsg::Control { id, control, reply })
         {
             tracing::debug!(invocation_id = %id, error = %e, "owner unreachable");
             return Err(ControlError::Interrupted(id));
