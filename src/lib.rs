@@ -10,6 +10,7 @@ pub mod ingress;
 pub mod invocation;
 pub mod invoker;
 pub mod journal;
+pub mod metadata;
 pub mod node;
 pub mod object;
 pub mod placement;

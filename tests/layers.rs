@@ -30,19 +30,52 @@ fn layers() -> Vec<(&'static str, Vec<&'static str>)> {
         ("object", with(&[BASE, RUNTIME, &["object"]])),
         // What the node reads of placement; changing it is `cluster`, above the node.
         ("placement", with(&[BASE, &["invoker", "placement"]])),
-        ("node", with(&[BASE, RUNTIME, &["object", "placement", "node"]])),
+        // The metadata group: only it names openraft.
+        ("metadata", with(&[BASE, &["invoker", "placement", "metadata"]])),
+        (
+            "node",
+            with(&[BASE, RUNTIME, &["object", "placement", "metadata", "node"]]),
+        ),
         ("http_error.rs", with(&[BASE, &["object"]])),
         (
             "cluster",
-            with(&[BASE, RUNTIME, &["object", "placement", "node", "http_error", "cluster"]]),
+            with(&[
+                BASE,
+                RUNTIME,
+                &["object", "placement", "metadata", "node", "http_error", "cluster"],
+            ]),
         ),
         (
             "ingress",
-            with(&[BASE, RUNTIME, &["object", "placement", "node", "http_error", "cluster", "ingress"]]),
+            with(&[
+                BASE,
+                RUNTIME,
+                &[
+                    "object",
+                    "placement",
+                    "metadata",
+                    "node",
+                    "http_error",
+                    "cluster",
+                    "ingress",
+                ],
+            ]),
         ),
         (
             "admin",
-            with(&[BASE, RUNTIME, &["object", "placement", "node", "http_error", "cluster", "admin"]]),
+            with(&[
+                BASE,
+                RUNTIME,
+                &[
+                    "object",
+                    "placement",
+                    "metadata",
+                    "node",
+                    "http_error",
+                    "cluster",
+                    "admin",
+                ],
+            ]),
         ),
     ]
 }
@@ -107,7 +140,23 @@ fn every_module_has_a_layer() {
         .filter(|name| !["lib.rs", "main.rs", "serve.rs"].contains(&name.as_str()))
         .filter(|name| !placed.contains(&name.as_str()))
         .collect();
-    assert!(unplaced.is_empty(), "modules without a layer in tests/layers.rs: {unplaced:?}");
+    assert!(
+        unplaced.is_empty(),
+        "modules without a layer in tests/layers.rs: {unplaced:?}"
+    );
+}
+
+#[test]
+fn only_metadata_imports_openraft() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let metadata = src.join("metadata");
+    let wrong: Vec<String> = sources(&src)
+        .into_iter()
+        .filter(|f| !f.starts_with(&metadata))
+        .filter(|f| std::fs::read_to_string(f).expect("readable").contains("openraft::"))
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(wrong.is_empty(), "openraft used outside src/metadata: {wrong:?}");
 }
 
 #[test]

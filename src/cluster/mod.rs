@@ -11,3 +11,4 @@ pub mod forward;
 mod gossip;
 mod handoff;
 pub mod peer;
+pub mod raft;

@@ -174,9 +174,12 @@ pub async fn import(addr: &str, request: &ImportRequest) -> Result<(), PeerError
 pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn deliver(addr: &str, message: &OutboxMessage) -> Result<(), PeerError> {
-    send(post(addr, "/cluster/v1/deliver", encode(message)), Some(DELIVER_TIMEOUT))
-        .await
-        .map(|_| ())
+    send(
+        post(addr, "/cluster/v1/deliver", encode(message)),
+        Some(DELIVER_TIMEOUT),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Waits for the output of an invocation the peer owns.

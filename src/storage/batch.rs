@@ -23,6 +23,8 @@ pub enum Table {
     Unfinished,
     /// Index: one row per finished invocation with a retention deadline, by deadline.
     Expiry,
+    /// The metadata Raft group's log, vote and state machine (`metadata/`); not partitioned.
+    Raft,
 }
 
 impl Table {
@@ -45,7 +47,7 @@ impl Table {
 
     /// Keys start with the partition id (all tables but metadata).
     pub fn is_partitioned(self) -> bool {
-        !matches!(self, Table::Deployments | Table::Cluster)
+        !matches!(self, Table::Deployments | Table::Cluster | Table::Raft)
     }
 }
 

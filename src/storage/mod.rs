@@ -86,6 +86,8 @@ pub(crate) struct Tables {
     unfinished: Keyspace,
     /// Index of finished invocations by retention deadline (see `keys::expiry`).
     expiry: Keyspace,
+    /// The metadata Raft group (`metadata::log`, `metadata::machine`).
+    raft: Keyspace,
 }
 
 impl Tables {
@@ -101,7 +103,7 @@ impl Tables {
         }
     }
 
-    fn all(&self) -> [&Keyspace; 12] {
+    fn all(&self) -> [&Keyspace; 13] {
         [
             &self.invocations,
             &self.journal,
@@ -115,6 +117,7 @@ impl Tables {
             &self.cluster,
             &self.unfinished,
             &self.expiry,
+            &self.raft,
         ]
     }
 }
@@ -134,6 +137,7 @@ impl Tables {
             Table::Cluster => &self.cluster,
             Table::Unfinished => &self.unfinished,
             Table::Expiry => &self.expiry,
+            Table::Raft => &self.raft,
         }
     }
 }
@@ -189,6 +193,7 @@ impl Store {
             timers: ks("timers")?,
             promises: ks("promises")?,
             cluster: ks("cluster")?,
+            raft: ks("raft")?,
             unfinished: ks("unfinished")?,
             expiry: ks("expiry")?,
             db,
@@ -404,6 +409,32 @@ impl Store {
             out.push((key.to_vec(), value.to_vec()));
         }
         Ok(out)
+    }
+
+    /// A row of the `raft` table.
+    pub fn raft_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.tables.raft.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Rows of the `raft` table from `from` (inclusive) to `to` (exclusive), in key order.
+    pub fn raft_rows(&self, from: &[u8], to: &[u8]) -> Result<Vec<Row>, StorageError> {
+        let mut rows = Vec::new();
+        for guard in self.tables.raft.range(from.to_vec()..to.to_vec()) {
+            let (k, v) = guard.into_inner()?;
+            rows.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(rows)
+    }
+
+    /// The last row of the `raft` table from `from` (inclusive) to `to` (exclusive).
+    pub fn raft_last_row(&self, from: &[u8], to: &[u8]) -> Result<Option<Row>, StorageError> {
+        match self.tables.raft.range(from.to_vec()..to.to_vec()).next_back() {
+            Some(guard) => {
+                let (k, v) = guard.into_inner()?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
     }
 
     /// A metadata value of the `cluster` table.

@@ -1,0 +1,133 @@
+//! What the metadata group agrees on, and the one pure rule that changes it: a proposal names
+//! the epoch it was computed from and is applied only if that is still the current one
+//! (compare-and-set), so two changes computed from the same state at two nodes are serialised —
+//! the first committed wins, the second is refused with the epoch it lost to and is recomputed.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::placement::Membership;
+
+/// The replicated state: the cluster's membership (members, the partition → owner table and
+/// the ring epoch, as `placement::Membership`), once one has been proposed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaState {
+    pub membership: Option<Membership>,
+}
+
+/// A change proposed to the group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Replace the membership at `base_epoch` (0: none yet) with `next`, whose epoch must be
+    /// `base_epoch + 1`.
+    SetMembership { base_epoch: u64, next: Membership },
+}
+
+impl fmt::Display for MetaCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetaCommand::SetMembership { base_epoch, next } => {
+                write!(f, "SetMembership({base_epoch} → {})", next.epoch)
+            }
+        }
+    }
+}
+
+/// What applying a command answered, on every replica alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    /// Applied: the state is at this epoch now.
+    Applied { epoch: u64 },
+    /// Not applied: it was computed from a state that is no longer current.
+    Stale { current_epoch: u64 },
+    /// Not applied: `next` does not follow `base_epoch`.
+    Invalid { reason: String },
+    /// A log entry without a command (a new leader's blank entry, a Raft membership change).
+    Nothing,
+}
+
+impl MetaState {
+    pub fn epoch(&self) -> u64 {
+        self.membership.as_ref().map_or(0, |m| m.epoch)
+    }
+
+    /// Applies `command`: deterministic, the same on every replica, from the state alone.
+    pub fn apply(&mut self, command: &MetaCommand) -> MetaResponse {
+        match command {
+            MetaCommand::SetMembership { base_epoch, next } => {
+                let current = self.epoch();
+                if *base_epoch != current {
+                    return MetaResponse::Stale { current_epoch: current };
+                }
+                if next.epoch != base_epoch + 1 {
+                    return MetaResponse::Invalid {
+                        reason: format!("next epoch {} does not follow {base_epoch}", next.epoch),
+                    };
+                }
+                self.membership = Some(next.clone());
+                MetaResponse::Applied { epoch: next.epoch }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn membership(epoch: u64) -> Membership {
+        let mut m = Membership::initial(vec![("n1".into(), "127.0.0.1:1".into())]);
+        m.epoch = epoch;
+        m
+    }
+
+    fn set(base_epoch: u64, next_epoch: u64) -> MetaCommand {
+        MetaCommand::SetMembership {
+            base_epoch,
+            next: membership(next_epoch),
+        }
+    }
+
+    #[test]
+    fn a_change_applies_only_to_the_state_it_was_computed_from() {
+        // (state's epoch, command's base → next, answer, epoch after)
+        let table: &[(u64, (u64, u64), MetaResponse, u64)] = &[
+            (0, (0, 1), MetaResponse::Applied { epoch: 1 }, 1),
+            (1, (1, 2), MetaResponse::Applied { epoch: 2 }, 2),
+            (2, (1, 2), MetaResponse::Stale { current_epoch: 2 }, 2),
+            (2, (3, 4), MetaResponse::Stale { current_epoch: 2 }, 2),
+            (
+                2,
+                (2, 4),
+                MetaResponse::Invalid {
+                    reason: "next epoch 4 does not follow 2".into(),
+                },
+                2,
+            ),
+        ];
+        for (epoch, (base, next), answer, after) in table {
+            let mut state = MetaState {
+                membership: (*epoch > 0).then(|| membership(*epoch)),
+            };
+            assert_eq!(
+                &state.apply(&set(*base, *next)),
+                answer,
+                "epoch {epoch}, {base} → {next}"
+            );
+            assert_eq!(state.epoch(), *after);
+        }
+    }
+
+    #[test]
+    fn two_changes_from_the_same_state_one_wins() {
+        // Two nodes computed their change from epoch 1 at the same instant: whichever the log
+        // orders first applies; the other is refused and names the epoch to recompute from.
+        let mut state = MetaState {
+            membership: Some(membership(1)),
+        };
+        let (join_a, join_b) = (set(1, 2), set(1, 2));
+        assert_eq!(state.apply(&join_a), MetaResponse::Applied { epoch: 2 });
+        assert_eq!(state.apply(&join_b), MetaResponse::Stale { current_epoch: 2 });
+    }
+}
