@@ -43,6 +43,9 @@ enum ClusterCommand {
         #[command(flatten)]
         admin: AdminArg,
     },
+    /// Undo a running rebalance: nodes joining leave again (what moved to them moves back),
+    /// nodes leaving stay; every partition stays served.
+    Abort(AdminArg),
 }
 
 #[derive(Args)]
@@ -206,6 +209,7 @@ async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {
             client.delete(format!("{}/cluster/nodes/{node_id}", admin.admin)),
             &admin.admin,
         ),
+        ClusterCommand::Abort(a) => (client.post(format!("{}/cluster/rebalance/abort", a.admin)), &a.admin),
     };
     let response = request
         .send()
@@ -233,6 +237,9 @@ fn print_status(body: &serde_json::Value) {
         "epoch {}  ({} partitions, {} virtual nodes per node)",
         body["epoch"], body["partitions"], body["virtualNodes"]
     );
+    if let Some(leader) = body["metadataLeader"].as_str() {
+        println!("metadata leader: {leader}");
+    }
     if let Some(r) = body["rebalance"].as_object() {
         println!("rebalance: {} of {} partitions moved", r["moved"], r["total"]);
     }

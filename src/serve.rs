@@ -8,6 +8,7 @@ use actix::Arbiter;
 use actix_web::{web, App, HttpServer};
 
 use crate::config::Config;
+use crate::metadata::{replica_id, MetaGroup};
 use crate::node::Node;
 use crate::object::ObjectRegistry;
 use crate::placement::Cluster;
@@ -28,17 +29,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             arbiter
         })
         .collect();
+    let metadata = MetaGroup::start(replica_id(&config.node_id), store.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the metadata replica: {e}"))?;
     let node = Arc::new(Node::new(
         config.clone(),
         store,
         schema,
         ObjectRegistry::new(arbiters),
         cluster,
+        Arc::new(metadata),
     ));
     let gate = node.store.gate.clone();
     node.recover_partitions(Arc::new(move |p| gate.owns(p))).await?;
     actix_rt::spawn(node.clone().sweep());
     actix_rt::spawn(node.clone().gossip());
+    actix_rt::spawn(node.clone().follow_metadata());
+    actix_rt::spawn(node.clone().bootstrap_metadata());
     if let Some(seed) = config.join.clone().filter(|_| !node.cluster.is_member()) {
         actix_rt::spawn(node.clone().join_cluster(seed));
     }

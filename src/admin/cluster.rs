@@ -26,6 +26,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/cluster/invocations", web::get().to(invocations))
         .route("/cluster/nodes", web::post().to(add_node))
         .route("/cluster/nodes/{id}", web::delete().to(remove_node))
+        .route("/cluster/rebalance/abort", web::post().to(abort_rebalance))
         .route("/objects/{service}/{key}/state", web::get().to(object_state));
 }
 
@@ -95,8 +96,16 @@ async fn overview(node: web::Data<Node>) -> HttpResponse {
             "total": membership.rebalance_total,
         })
     });
+    // The member whose replica leads the metadata group, as this node knows it.
+    let leader_addr = node.metadata.leader_addr();
+    let metadata_leader = membership
+        .members
+        .iter()
+        .find(|m| Some(&m.peer_addr) == leader_addr.as_ref())
+        .map(|m| m.id.clone());
     HttpResponse::Ok().json(json!({
         "nodeId": node.cluster.node_id,
+        "metadataLeader": metadata_leader,
         "member": node.cluster.is_member(),
         "epoch": membership.epoch,
         "virtualNodes": VIRTUAL_NODES,
@@ -267,11 +276,9 @@ struct AddNode {
 
 fn rebalance_error(e: RebalanceError) -> ApiError {
     let status = match &e {
-        RebalanceError::Running(_) | RebalanceError::AddressMismatch { .. } | RebalanceError::LastNode(_) => {
-            StatusCode::CONFLICT
-        }
+        RebalanceError::AddressMismatch { .. } | RebalanceError::LastNode(_) => StatusCode::CONFLICT,
         RebalanceError::UnknownNode(_) => StatusCode::NOT_FOUND,
-        RebalanceError::NotMember => StatusCode::BAD_REQUEST,
+        RebalanceError::NotMember | RebalanceError::NotJoinable { .. } => StatusCode::BAD_REQUEST,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     ApiError::new(status, e.to_string())
@@ -290,6 +297,10 @@ async fn add_node(body: web::Json<AddNode>, node: web::Data<Node>) -> Result<Htt
     let AddNode { id, peer_addr } = body.into_inner();
     crate::config::parse_members(&format!("{id}={peer_addr}")).map_err(|e| ApiError::bad_request(e.to_string()))?;
     change(node, MembershipChange::Add { id, peer_addr }).await
+}
+
+async fn abort_rebalance(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    change(node, MembershipChange::Abort).await
 }
 
 async fn remove_node(path: web::Path<String>, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {

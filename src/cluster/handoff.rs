@@ -17,7 +17,8 @@ use crate::storage::{PartitionState, StorageError, Table, WriteBatch};
 
 /// Partitions copied per import request (bounds its size).
 const PARTITIONS_PER_IMPORT: usize = 16;
-/// Hand-off attempts per source before a rebalance stops (a new request resumes it).
+/// Hand-off attempts in a row before this run of the rebalance pauses; the leader's upkeep
+/// starts it again within a second (`cluster::consensus`), so it is retried until it completes.
 const HANDOFF_ATTEMPTS: u32 = 20;
 
 impl Node {
@@ -25,14 +26,60 @@ impl Node {
     /// rebalances in the background. Returns the new epoch and how many partitions will move.
     pub async fn change_membership(self: &Arc<Self>, change: MembershipChange) -> Result<(u64, usize), RebalanceError> {
         let _change = self.cluster.changes.lock().await;
+        // Computed from the newest membership this node knows; if another change was committed
+        // first, computed again from that one.
+        let mut tries = 0;
+        loop {
+            match self.try_change_membership(&change).await {
+                Err(RebalanceError::StaleEpoch { current, .. }) if tries < 5 => {
+                    tries += 1;
+                    tracing::info!(?change, current, "cluster.membership_change_recomputed");
+                    self.await_epoch(current).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A node is added only if it answers at `peer_addr` as `id`: a wrong address or id is
+    /// refused at once instead of starting a rebalance that cannot move anything.
+    async fn check_joinable(&self, id: &str, peer_addr: &str) -> Result<(), RebalanceError> {
+        let refused = |reason: String| RebalanceError::NotJoinable {
+            id: id.to_owned(),
+            peer_addr: peer_addr.to_owned(),
+            reason,
+        };
+        match client::ping(peer_addr).await {
+            Ok(reply) if reply.id == id => Ok(()),
+            Ok(reply) => Err(refused(format!("the node there is {:?}", reply.id))),
+            Err(e) => Err(refused(format!("it does not answer ({e})"))),
+        }
+    }
+
+    /// Waits (briefly) until this node has adopted `epoch`.
+    async fn await_epoch(&self, epoch: u64) {
+        for _ in 0..100 {
+            if self.cluster.epoch() >= epoch {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn try_change_membership(
+        self: &Arc<Self>,
+        change: &MembershipChange,
+    ) -> Result<(u64, usize), RebalanceError> {
         let current = self.cluster.membership();
         if !current.members.iter().any(|m| m.id == self.cluster.node_id) {
             return Err(RebalanceError::NotMember);
         }
-        let pending = current.misplaced().len();
+        // A change may come while a rebalance runs: the rebalance then moves every partition to
+        // its target on the new ring (each step is committed against the epoch it was computed
+        // from, so nothing is moved twice at once).
         let mut next = (*current).clone();
         let mut new_peer = None;
-        match &change {
+        match change {
             MembershipChange::Add { id, peer_addr } => match next.members.iter().find(|m| &m.id == id) {
                 Some(m) if &m.peer_addr != peer_addr => {
                     return Err(RebalanceError::AddressMismatch {
@@ -42,9 +89,7 @@ impl Node {
                 }
                 Some(_) => {} // already added: resume its rebalance
                 None => {
-                    if pending > 0 {
-                        return Err(RebalanceError::Running(pending));
-                    }
+                    self.check_joinable(id, peer_addr).await?;
                     next.members.push(Member {
                         id: id.clone(),
                         peer_addr: peer_addr.clone(),
@@ -58,21 +103,27 @@ impl Node {
                 let Some(member) = next.members.iter_mut().find(|m| &m.id == id) else {
                     return Err(RebalanceError::UnknownNode(id.clone()));
                 };
-                if member.state != MemberState::Leaving {
-                    if pending > 0 {
-                        return Err(RebalanceError::Running(pending));
-                    }
-                    member.state = MemberState::Leaving;
-                }
+                member.state = MemberState::Leaving;
                 if next.members.iter().all(|m| m.state == MemberState::Leaving) {
                     return Err(RebalanceError::LastNode(id.clone()));
+                }
+            }
+            MembershipChange::Abort => {
+                let owns = |id: &str| current.partitions_of(id) > 0;
+                next.members.retain(|m| m.state != MemberState::Joining || owns(&m.id));
+                for m in &mut next.members {
+                    m.state = match m.state {
+                        MemberState::Joining => MemberState::Leaving,
+                        MemberState::Leaving => MemberState::Active,
+                        MemberState::Active => MemberState::Active,
+                    };
                 }
             }
         }
         if next != *current {
             next.epoch = current.epoch + 1;
             next.rebalance_total = next.misplaced().len() as u32;
-            self.adopt_membership(next.clone()).await?;
+            self.commit_membership(current.epoch, next.clone()).await?;
             self.broadcast_membership(&next, new_peer.as_deref()).await;
         }
         if let Some(addr) = &new_peer {
@@ -84,16 +135,22 @@ impl Node {
         }
         let moving = next.misplaced().len();
         tracing::info!(?change, epoch = next.epoch, moving, "cluster.membership_changed");
-        actix_rt::spawn(self.clone().converge());
+        // The group's leader drives the rebalance (here, or its upkeep within a second).
+        if self.metadata.is_leader() {
+            actix_rt::spawn(self.clone().converge());
+        }
         Ok((next.epoch, moving))
     }
 
     /// Moves misplaced partitions, one source node at a time, until every partition is on its
     /// ring target; then marks joiners active and drops leavers.
-    async fn converge(self: Arc<Self>) {
+    pub(crate) async fn converge(self: Arc<Self>) {
         let _change = self.cluster.changes.lock().await;
         let mut failures = 0u32;
         loop {
+            if !self.metadata.is_leader() {
+                return; // the new leader's upkeep resumes it
+            }
             let current = self.cluster.membership();
             let targets = current.targets();
             let misplaced = current.misplaced();
@@ -132,14 +189,15 @@ impl Node {
                     failures += 1;
                     tracing::warn!(source = %source, error = %e, failures, "cluster.handoff_failed");
                     if failures >= HANDOFF_ATTEMPTS {
-                        tracing::error!("cluster.rebalance_stopped; send the membership change again to resume");
+                        tracing::warn!("cluster.rebalance_paused; the metadata leader resumes it");
                         return;
                     }
                     // The source may have adopted it anyway (answer lost): learn its epoch.
                     if let Some(m) = current.member(&source) {
                         self.pull_membership(&m.peer_addr.clone()).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // Back off: a source that is down is asked again less and less often.
+                    tokio::time::sleep(Duration::from_millis((250 * failures as u64).min(3_000))).await;
                 }
             }
         }
@@ -162,8 +220,8 @@ impl Node {
             return;
         }
         next.epoch += 1;
-        if let Err(e) = self.adopt_membership(next.clone()).await {
-            tracing::error!(error = %e, "cannot adopt membership");
+        if let Err(e) = self.commit_membership(current.epoch, next.clone()).await {
+            tracing::warn!(error = %e, "cluster.rebalance_end_not_committed");
             return;
         }
         self.broadcast_membership(&next, None).await;
@@ -231,7 +289,16 @@ impl Node {
             self.recover_partitions(Arc::new(move |p| set.contains(&p))).await?;
             return Err(e);
         }
-        self.adopt_membership(next.clone()).await?;
+        // The hand-off takes effect once the group commits it; refused (another change came
+        // first), nothing changed hands: serve them again.
+        if let Err(e) = self.commit_membership(base_epoch, next.clone()).await {
+            for p in &moving {
+                self.store.gate.set(*p, PartitionState::Owned);
+            }
+            let set: HashSet<u16> = moving.iter().copied().collect();
+            self.recover_partitions(Arc::new(move |p| set.contains(&p))).await?;
+            return Err(e);
+        }
         self.broadcast_membership(&next, None).await;
         tracing::info!(
             partitions = moving.len(),

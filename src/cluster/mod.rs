@@ -7,6 +7,7 @@
 //! only the current owner hands a partition to another node (`handoff`), so no key ever has
 //! two owners. A node learns newer memberships by gossip; the highest epoch wins.
 
+mod consensus;
 pub mod forward;
 mod gossip;
 mod handoff;

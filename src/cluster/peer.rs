@@ -168,13 +168,18 @@ async fn deployment(body: web::Bytes, node: web::Data<Node>) -> HttpResponse {
 /// Starts the node-to-node server.
 pub fn serve(node: &Arc<Node>) -> anyhow::Result<actix_web::dev::Server> {
     let data = web::Data::from(node.clone());
+    let raft = web::Data::new(node.metadata.raft.clone());
     let addr = node.config.peer_addr;
-    Ok(
-        actix_web::HttpServer::new(move || actix_web::App::new().app_data(data.clone()).configure(config))
-            .workers(2)
-            .shutdown_timeout(5)
-            .bind(addr)
-            .map_err(|e| anyhow::anyhow!("cannot bind the node-to-node endpoint on {addr}: {e}"))?
-            .run(),
-    )
+    Ok(actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(data.clone())
+            .app_data(raft.clone())
+            .configure(config)
+            .configure(super::raft::config)
+    })
+    .workers(2)
+    .shutdown_timeout(5)
+    .bind(addr)
+    .map_err(|e| anyhow::anyhow!("cannot bind the node-to-node endpoint on {addr}: {e}"))?
+    .run())
 }

@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::metadata::{MetaRaft, SnapshotRequest};
+use crate::metadata::{MetaCommand, MetaRaft, SnapshotRequest};
 use crate::placement::client::MSGPACK;
 use crate::storage::encode;
 
@@ -22,7 +22,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             .route("/append", web::post().to(append))
             .route("/vote", web::post().to(vote))
             .route("/pre_vote", web::post().to(pre_vote))
-            .route("/snapshot", web::post().to(snapshot)),
+            .route("/snapshot", web::post().to(snapshot))
+            .route("/propose", web::post().to(propose)),
     );
 }
 
@@ -68,6 +69,14 @@ async fn snapshot(body: web::Bytes, raft: web::Data<MetaRaft>) -> HttpResponse {
             let (vote, snapshot) = request.into_parts();
             answer(raft.install_full_snapshot(vote, snapshot).await)
         }
+        Err(message) => malformed(message),
+    }
+}
+
+/// A proposal from a replica that does not lead; answered once committed and applied here.
+async fn propose(body: web::Bytes, raft: web::Data<MetaRaft>) -> HttpResponse {
+    match decode::<MetaCommand>(&body) {
+        Ok(command) => answer(raft.client_write(command).await.map(|written| written.data)),
         Err(message) => malformed(message),
     }
 }

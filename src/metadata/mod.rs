@@ -12,19 +12,22 @@ mod machine;
 mod network;
 pub mod state;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
-use openraft::BasicNode;
+use openraft::{BasicNode, ChangeMembers};
 use tokio::sync::watch;
 
 pub use log::MetaLog;
 pub use machine::MetaMachine;
-pub use network::{MetaNetwork, SnapshotRequest};
+pub use network::{propose_at, MetaNetwork, SnapshotRequest};
 pub use state::{MetaCommand, MetaResponse, MetaState};
 
 use crate::ids::stable_hash;
+use crate::placement::Membership;
 use crate::storage::Store;
 
 openraft::declare_raft_types!(
@@ -42,6 +45,22 @@ pub type MetaRaft = openraft::Raft<MetaConfig, MetaMachine>;
 /// A node's replica id in the group, from its node id (stable across restarts).
 pub fn replica_id(node_id: &str) -> NodeId {
     stable_hash(&[b"kiln-metadata-replica", node_id.as_bytes()])
+}
+
+/// The replicas a membership calls for: every member's (id → peer address), and the voters —
+/// three (five from five members on), members that are not leaving first, by node id; the rest
+/// are learners with a local, consistent copy.
+pub fn replicas_of(membership: &Membership) -> (BTreeMap<NodeId, String>, BTreeSet<NodeId>) {
+    let all: BTreeMap<NodeId, String> = membership
+        .members
+        .iter()
+        .map(|m| (replica_id(&m.id), m.peer_addr.clone()))
+        .collect();
+    let count = if membership.members.len() >= 5 { 5 } else { 3 };
+    let mut ranked: Vec<&crate::placement::Member> = membership.members.iter().collect();
+    ranked.sort_by_key(|m| (m.state == crate::placement::MemberState::Leaving, m.id.clone()));
+    let voters = ranked.iter().take(count).map(|m| replica_id(&m.id)).collect();
+    (all, voters)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +143,103 @@ impl MetaGroup {
         self.machine.subscribe()
     }
 
+    /// Whether this replica belongs to a group yet (a node that never was part of a cluster
+    /// does not: it is given one when it joins, or makes one when it first adds a node).
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.is_leader()
+    }
+
+    /// The leader's peer address, if this replica knows one.
+    pub fn leader_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        metrics.membership_config.get_node(&leader).map(|n| n.addr.clone())
+    }
+
+    /// Waits (up to `timeout`) until some replica leads.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(), MetaError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.raft.metrics().borrow_watched().current_leader.is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MetaError::NotLeader { leader: None });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// On the leader: makes the group's replicas the cluster's members (id → peer address):
+    /// the first `VOTERS` by id vote, the rest learn; replicas of nodes no longer members are
+    /// removed. One step per call (a learner is added, or the voters replaced); call again
+    /// until it answers `false` (nothing left to do).
+    pub async fn reconcile(
+        &self,
+        members: &BTreeMap<NodeId, String>,
+        voters: &BTreeSet<NodeId>,
+    ) -> Result<bool, MetaError> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+        for (id, addr) in members {
+            if !known.contains(id) {
+                self.raft
+                    .add_learner(*id, BasicNode { addr: addr.clone() }, false)
+                    .await?;
+                return Ok(true);
+            }
+        }
+        let current_voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if &current_voters != voters {
+            self.raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true)
+                .await?;
+            return Ok(true);
+        }
+        let gone: BTreeSet<NodeId> = known.iter().filter(|id| !members.contains_key(id)).copied().collect();
+        if !gone.is_empty() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(gone), false)
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::MemberState;
+
+    fn members(n: usize) -> Membership {
+        Membership::initial((1..=n).map(|i| (format!("n{i}"), format!("127.0.0.1:{i}"))).collect())
+    }
+
+    #[test]
+    fn three_voters_five_from_five_members_on_the_rest_learn() {
+        // (members, voters)
+        for (n, voters) in [(1, 1), (2, 2), (3, 3), (4, 3), (5, 5), (7, 5)] {
+            let (all, chosen) = replicas_of(&members(n));
+            assert_eq!(all.len(), n);
+            assert_eq!(chosen.len(), voters, "{n} members");
+            assert!(chosen.iter().all(|id| all.contains_key(id)));
+        }
+    }
+
+    #[test]
+    fn leaving_members_vote_last() {
+        let mut m = members(4);
+        m.members[0].state = MemberState::Leaving; // n1
+        let (_, voters) = replicas_of(&m);
+        assert!(!voters.contains(&replica_id("n1")));
+        assert_eq!(voters, ["n2", "n3", "n4"].iter().map(|id| replica_id(id)).collect());
     }
 }

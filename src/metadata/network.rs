@@ -14,7 +14,7 @@ use openraft::{BasicNode, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{MetaConfig, NodeId};
+use super::{MetaCommand, MetaConfig, MetaResponse, NodeId};
 use crate::placement::client::{http, MSGPACK};
 use crate::storage::encode;
 
@@ -61,6 +61,16 @@ impl CallError {
             CallError::Network(m) => StreamingError::Network(NetworkError::new(&Failed(m))),
         }
     }
+}
+
+/// Proposes `command` at the replica at `addr` (the leader, as this one last knew it).
+pub async fn propose_at(addr: &str, command: &MetaCommand) -> Result<MetaResponse, String> {
+    let peer = MetaPeer { addr: addr.to_owned() };
+    peer.call("propose", command, Duration::from_secs(10))
+        .await
+        .map_err(|e| match e {
+            CallError::Unreachable(m) | CallError::Network(m) => m,
+        })
 }
 
 /// Makes a client per replica (Raft asks for one per target).

@@ -19,9 +19,12 @@ pub struct MetaState {
 /// A change proposed to the group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
-    /// Replace the membership at `base_epoch` (0: none yet) with `next`, whose epoch must be
+    /// Replace the membership at `base_epoch` with `next`, whose epoch must be
     /// `base_epoch + 1`.
     SetMembership { base_epoch: u64, next: Membership },
+    /// The first membership of a new group: the one its nodes already hold (from `--cluster`,
+    /// or a data dir from before the group). Applied only while the group holds none.
+    Bootstrap { membership: Membership },
 }
 
 impl fmt::Display for MetaCommand {
@@ -30,6 +33,7 @@ impl fmt::Display for MetaCommand {
             MetaCommand::SetMembership { base_epoch, next } => {
                 write!(f, "SetMembership({base_epoch} → {})", next.epoch)
             }
+            MetaCommand::Bootstrap { membership } => write!(f, "Bootstrap({})", membership.epoch),
         }
     }
 }
@@ -67,6 +71,17 @@ impl MetaState {
                 }
                 self.membership = Some(next.clone());
                 MetaResponse::Applied { epoch: next.epoch }
+            }
+            MetaCommand::Bootstrap { membership } => {
+                if self.membership.is_some() {
+                    return MetaResponse::Stale {
+                        current_epoch: self.epoch(),
+                    };
+                }
+                self.membership = Some(membership.clone());
+                MetaResponse::Applied {
+                    epoch: membership.epoch,
+                }
             }
         }
     }
@@ -117,6 +132,21 @@ mod tests {
             );
             assert_eq!(state.epoch(), *after);
         }
+    }
+
+    #[test]
+    fn a_group_is_bootstrapped_once() {
+        let mut state = MetaState::default();
+        let first = MetaCommand::Bootstrap {
+            membership: membership(4),
+        };
+        assert_eq!(state.apply(&first), MetaResponse::Applied { epoch: 4 });
+        // A second bootstrap (another node, or a retry after a lost answer) changes nothing.
+        let again = MetaCommand::Bootstrap {
+            membership: membership(1),
+        };
+        assert_eq!(state.apply(&again), MetaResponse::Stale { current_epoch: 4 });
+        assert_eq!(state.epoch(), 4);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::ids::{stable_hash, workflow_run_id, InvocationId, ObjectId};
 use crate::invocation::{Invocation, LiveTable, Waiters};
 use crate::journal::Output;
+use crate::metadata::MetaGroup;
 use crate::object::{Created, ObjectMsg, ObjectRegistry, Owner, OwnerHost, Staged, SubmitError};
 use crate::placement::Cluster;
 use crate::schema::SchemaRegistry;
@@ -38,6 +39,10 @@ pub struct Node {
     pub live: LiveTable,
     pub timers: Arc<TimerService>,
     pub cluster: Cluster,
+    /// This node's replica of the metadata group, where membership changes are committed.
+    pub metadata: Arc<MetaGroup>,
+    /// One metadata upkeep task (replicas in step with members) at a time.
+    pub(crate) metadata_upkeep: tokio::sync::Mutex<()>,
     /// One partition hand-off or import at a time.
     pub(crate) handoff_lock: tokio::sync::Mutex<()>,
     /// Unfinished invocations held by this node (bounded by `max_inflight_invocations`).
@@ -98,6 +103,7 @@ impl Node {
         schema: SchemaRegistry,
         objects: ObjectRegistry,
         cluster: Cluster,
+        metadata: Arc<MetaGroup>,
     ) -> Self {
         Self {
             config,
@@ -108,6 +114,8 @@ impl Node {
             live: LiveTable::default(),
             timers: Arc::new(TimerService::default()),
             cluster,
+            metadata,
+            metadata_upkeep: tokio::sync::Mutex::new(()),
             handoff_lock: tokio::sync::Mutex::new(()),
             inflight: AtomicUsize::new(0),
             outbox_seq: AtomicU64::new(0),

@@ -17,8 +17,16 @@ pub(crate) const MSGPACK: &str = "application/msgpack";
 /// A membership change, as sent to any node.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum MembershipChange {
-    Add { id: String, peer_addr: String },
-    Remove { id: String },
+    Add {
+        id: String,
+        peer_addr: String,
+    },
+    Remove {
+        id: String,
+    },
+    /// Undo the changes of a running rebalance: joiners that own nothing yet are dropped, the
+    /// others leave again (their partitions move back); leavers stay.
+    Abort,
 }
 
 /// What `GET /cluster/v1/output/{id}` answers.

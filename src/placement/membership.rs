@@ -173,10 +173,14 @@ impl Membership {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebalanceError {
-    #[error("a rebalance is already running ({0} partitions left to move); wait for it to finish")]
-    Running(usize),
     #[error("node {0:?} is not a member of the cluster")]
     UnknownNode(String),
+    #[error("cannot add node {id:?} at {peer_addr}: {reason}")]
+    NotJoinable {
+        id: String,
+        peer_addr: String,
+        reason: String,
+    },
     #[error("node {id:?} is already a member at {peer_addr}")]
     AddressMismatch { id: String, peer_addr: String },
     #[error("cannot remove {0:?}: it is the last node on the ring")]

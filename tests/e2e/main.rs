@@ -37,8 +37,10 @@ mod j_restart_cost;
 
 // Cluster (docs/cluster.md): nodes behind a real nginx, join/leave and SIGKILL under load,
 // sagas across nodes, the web UI in a browser.
+mod i4_cluster_concurrent_changes;
 mod i4_cluster_join_leave;
 mod i4_cluster_load;
 mod i4_cluster_node_crash;
+mod i4_cluster_rebalance_resumes;
 mod i4_cluster_saga;
 mod i4_cluster_ui;

@@ -1,0 +1,194 @@
+//! The membership on consensus: a membership change — a join, a leave, each step of a
+//! rebalance — takes effect only once the metadata group has committed it, conditioned on the
+//! epoch it was computed from (`metadata::state`), so changes made at different nodes at the
+//! same instant are serialised and none that was acknowledged is lost. Every node follows the
+//! group and adopts what it commits; the group's leader keeps its replicas in step with the
+//! members and resumes a rebalance that is not finished.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::metadata::{propose_at, replica_id, replicas_of, MetaCommand, MetaError, MetaResponse};
+use crate::node::Node;
+use crate::placement::{MemberState, Membership, RebalanceError};
+
+/// How long a proposal waits out an election or an unreachable leader.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a node looks at the group besides when its state changes (leader upkeep).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+impl From<MetaError> for RebalanceError {
+    fn from(e: MetaError) -> Self {
+        RebalanceError::Peer {
+            peer: "metadata group".into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Node {
+    /// Commits `next`, computed from the membership at `base_epoch`, then adopts it here.
+    /// `StaleEpoch` if another change was committed first (recompute and try again).
+    pub(crate) async fn commit_membership(
+        self: &Arc<Self>,
+        base_epoch: u64,
+        next: Membership,
+    ) -> Result<(), RebalanceError> {
+        let command = MetaCommand::SetMembership {
+            base_epoch,
+            next: next.clone(),
+        };
+        match self.propose(command).await? {
+            MetaResponse::Applied { .. } => {
+                self.adopt_membership(next).await?;
+                Ok(())
+            }
+            MetaResponse::Stale { current_epoch } => Err(RebalanceError::StaleEpoch {
+                got: base_epoch,
+                current: current_epoch,
+            }),
+            other => Err(RebalanceError::Peer {
+                peer: "metadata group".into(),
+                message: format!("refused: {other:?}"),
+            }),
+        }
+    }
+
+    /// Proposes `command` to the group: here if this replica leads, else at the leader (over
+    /// the node-to-node endpoint), waiting out an election for up to `PROPOSE_TIMEOUT`.
+    pub(crate) async fn propose(self: &Arc<Self>, command: MetaCommand) -> Result<MetaResponse, RebalanceError> {
+        self.ensure_group().await?;
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let last = match self.metadata.propose(command.clone()).await {
+                Ok(answer) => return Ok(answer),
+                Err(MetaError::NotLeader { leader: Some(addr) }) if addr != self.cluster.peer_addr => {
+                    match propose_at(&addr, &command).await {
+                        Ok(answer) => return Ok(answer),
+                        Err(e) => format!("leader {addr}: {e}"),
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RebalanceError::Peer {
+                    peer: "metadata leader".into(),
+                    message: last,
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// A node that never was part of a cluster has no group: the first change it makes starts
+    /// one, with itself the only voter, holding the membership it has.
+    async fn ensure_group(self: &Arc<Self>) -> Result<(), RebalanceError> {
+        if self.metadata.is_initialized().await {
+            return Ok(());
+        }
+        let me = replica_id(&self.cluster.node_id);
+        self.metadata
+            .initialize(BTreeMap::from([(me, self.cluster.peer_addr.clone())]))
+            .await?;
+        self.metadata.wait_for_leader(PROPOSE_TIMEOUT).await?;
+        let membership = (*self.cluster.membership()).clone();
+        // `Stale`: it holds one already.
+        self.metadata.propose(MetaCommand::Bootstrap { membership }).await?;
+        tracing::info!("cluster.metadata_group_started");
+        Ok(())
+    }
+
+    /// At start, on a node of a cluster whose group was never started (a first start with
+    /// `--cluster`, or a data dir from before the group): the member with the lowest id starts
+    /// it, with the voters `replicas_of` picks, holding the membership every member already has.
+    pub async fn bootstrap_metadata(self: Arc<Self>) {
+        let membership = (*self.cluster.membership()).clone();
+        let first = membership.members.iter().map(|m| m.id.as_str()).min();
+        if membership.members.len() < 2 || first != Some(self.cluster.node_id.as_str()) {
+            return;
+        }
+        if self.metadata.is_initialized().await {
+            return;
+        }
+        let (replicas, voters) = replicas_of(&membership);
+        let voters: BTreeMap<_, _> = replicas.into_iter().filter(|(id, _)| voters.contains(id)).collect();
+        if let Err(e) = self.metadata.initialize(voters).await {
+            return tracing::error!(error = %e, "cluster.metadata_bootstrap_failed");
+        }
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self
+                .propose(MetaCommand::Bootstrap {
+                    membership: membership.clone(),
+                })
+                .await
+            {
+                Ok(answer) => {
+                    tracing::info!(?answer, epoch = membership.epoch, "cluster.metadata_bootstrapped");
+                    return;
+                }
+                // The other voters are not up yet: a group needs a majority to commit.
+                Err(e) => tracing::warn!(error = %e, "cluster.metadata_bootstrap_waiting"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Follows the group: adopts every newer membership it commits; on the leader, keeps the
+    /// replicas in step with the members and resumes a rebalance that is not finished.
+    pub async fn follow_metadata(self: Arc<Self>) {
+        let mut committed = self.metadata.subscribe();
+        let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                changed = committed.changed() => if changed.is_err() { return },
+                _ = upkeep.tick() => {}
+            }
+            let state = committed.borrow_and_update().clone();
+            let Some(membership) = state.membership else {
+                continue;
+            };
+            if membership.epoch > self.cluster.epoch() {
+                if let Err(e) = self.adopt_membership(membership.clone()).await {
+                    tracing::error!(error = %e, "cannot adopt the committed membership");
+                }
+            }
+            if self.metadata.is_leader() {
+                self.upkeep(membership);
+            }
+        }
+    }
+
+    /// The leader's upkeep, in the background (a replica that does not answer must not hold
+    /// up adoption): replicas for exactly the members, and a rebalance running if one is due.
+    fn upkeep(self: &Arc<Self>, membership: Membership) {
+        let Ok(_running) = self.metadata_upkeep.try_lock() else {
+            return;
+        };
+        let node = self.clone();
+        actix_rt::spawn(async move {
+            let _upkeep = node.metadata_upkeep.lock().await;
+            let (replicas, voters) = replicas_of(&membership);
+            for _ in 0..8 {
+                match node.metadata.reconcile(&replicas, &voters).await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cluster.metadata_replicas_pending");
+                        break;
+                    }
+                }
+            }
+            let unfinished = !membership.misplaced().is_empty()
+                || membership.rebalance_total != 0
+                || membership.members.iter().any(|m| m.state != MemberState::Active);
+            if unfinished && node.cluster.changes.try_lock().is_ok() {
+                actix_rt::spawn(node.clone().converge());
+            }
+        });
+    }
+}
