@@ -146,28 +146,26 @@ fn every_module_has_a_layer() {
     );
 }
 
+/// Files outside `src/{module}` that name `path` (a crate, e.g. `fjall::`).
+fn used_outside(path: &str, module: &str) -> Vec<String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let inside = src.join(module);
+    sources(&src)
+        .into_iter()
+        .filter(|f| !f.starts_with(&inside))
+        .filter(|f| std::fs::read_to_string(f).expect("readable").contains(path))
+        .map(|f| f.display().to_string())
+        .collect()
+}
+
 #[test]
 fn only_metadata_imports_openraft() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let metadata = src.join("metadata");
-    let wrong: Vec<String> = sources(&src)
-        .into_iter()
-        .filter(|f| !f.starts_with(&metadata))
-        .filter(|f| std::fs::read_to_string(f).expect("readable").contains("openraft::"))
-        .map(|f| f.display().to_string())
-        .collect();
+    let wrong = used_outside("openraft::", "metadata");
     assert!(wrong.is_empty(), "openraft used outside src/metadata: {wrong:?}");
 }
 
 #[test]
 fn only_storage_imports_fjall() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let storage = src.join("storage");
-    let wrong: Vec<String> = sources(&src)
-        .into_iter()
-        .filter(|f| !f.starts_with(&storage))
-        .filter(|f| std::fs::read_to_string(f).expect("readable").contains("fjall::"))
-        .map(|f| f.display().to_string())
-        .collect();
+    let wrong = used_outside("fjall::", "storage");
     assert!(wrong.is_empty(), "fjall used outside src/storage: {wrong:?}");
 }

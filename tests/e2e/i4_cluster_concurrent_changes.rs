@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::harness::*;
 
@@ -31,27 +31,6 @@ fn runs() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(RUNS_IN_CI)
-}
-
-async fn post_add(cluster: &Cluster, via: &str, id: &str) -> Result<Value> {
-    let url = format!("{}/cluster/nodes", cluster.admin(via));
-    let body = json!({ "id": id, "peerAddr": cluster.node(id).peer_addr() }).to_string();
-    let r = cluster
-        .http
-        .post_timeout(&url, body, &[], Duration::from_secs(60))
-        .await?;
-    ensure!(r.status == 202, "POST {url} (add {id}): expected 202, got {r}");
-    r.json()
-}
-
-async fn delete_node(cluster: &Cluster, via: &str, id: &str) -> Result<Value> {
-    let url = format!("{}/cluster/nodes/{id}", cluster.admin(via));
-    let r = cluster
-        .http
-        .request(reqwest::Method::DELETE, &url, None, &[], Some(Duration::from_secs(60)))
-        .await?;
-    ensure!(r.status == 202, "DELETE {url}: expected 202, got {r}");
-    r.json()
 }
 
 /// Every key's total lies between its acknowledged adds and its distinct idempotency keys.
@@ -138,7 +117,7 @@ async fn one_run(env: &Env, counter: &Service, run: usize) -> Result<(u64, u64)>
 
         // A running rebalance aborted: the joiner leaves again, every partition stays served.
         cluster.start_extra("n7").await?;
-        let answer = post_add(&cluster, "n1", "n7").await?;
+        let answer = cluster.request_add("n1", "n7").await?;
         let url = format!("{}/cluster/rebalance/abort", cluster.admin("n2"));
         let r = cluster
             .http
@@ -164,7 +143,7 @@ async fn one_run(env: &Env, counter: &Service, run: usize) -> Result<(u64, u64)>
     // ---- two joins at two nodes, at the same instant ----
     let before = cluster.partitions("n1").await?.epoch;
     let t = Instant::now();
-    let (a, b) = tokio::join!(post_add(&cluster, "n1", "n4"), post_add(&cluster, "n3", "n5"));
+    let (a, b) = tokio::join!(cluster.request_add("n1", "n4"), cluster.request_add("n3", "n5"));
     let (a, b) = (a.context("join n4 via n1")?, b.context("join n5 via n3")?);
     println!(
         "i4_f run {run}: two joins answered {a} and {b} in {} ms",
@@ -188,7 +167,7 @@ async fn one_run(env: &Env, counter: &Service, run: usize) -> Result<(u64, u64)>
 
     // ---- a join and a leave at two nodes, at the same instant ----
     let t = Instant::now();
-    let (a, b) = tokio::join!(post_add(&cluster, "n2", "n6"), delete_node(&cluster, "n5", "n4"));
+    let (a, b) = tokio::join!(cluster.request_add("n2", "n6"), cluster.request_remove("n5", "n4"));
     let (a, b) = (a.context("join n6 via n2")?, b.context("leave of n4 via n5")?);
     println!(
         "i4_f run {run}: join + leave answered {a} and {b} in {} ms",

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use serde_json::json;
 
 use crate::harness::*;
 
@@ -29,17 +28,6 @@ async fn metadata_leader(cluster: &Cluster, via: &str, not: Option<&str>) -> Res
         deadline.check(format!("GET /cluster: {info}"))?;
         sleep_ms(100).await;
     }
-}
-
-async fn add(cluster: &Cluster, via: &str, id: &str) -> Result<()> {
-    let url = format!("{}/cluster/nodes", cluster.admin(via));
-    let body = json!({ "id": id, "peerAddr": cluster.node(id).peer_addr() }).to_string();
-    let r = cluster
-        .http
-        .post_timeout(&url, body, &[], Duration::from_secs(60))
-        .await?;
-    ensure!(r.status == 202, "POST {url} (add {id}): expected 202, got {r}");
-    Ok(())
 }
 
 /// Sends every failed request again with its own idempotency key until it succeeds; returns
@@ -97,7 +85,10 @@ fn i4_g_rebalance_resumes_after_its_leader_or_target_dies() {
 
             // ---- (1) the leader dies right after the join's 202 ----
             let leader = metadata_leader(&cluster, "n1", None).await?;
-            add(&cluster, &leader, "n4").await.context("join n4 at the leader")?;
+            cluster
+                .request_add(&leader, "n4")
+                .await
+                .context("join n4 at the leader")?;
             cluster.kill(&leader);
             println!("i4_g: {leader} (metadata leader) killed right after answering the join of n4");
             cluster.members.push("n4".into());
@@ -121,7 +112,7 @@ fn i4_g_rebalance_resumes_after_its_leader_or_target_dies() {
             load.wait_more(300, Duration::from_secs(120)).await?;
 
             // ---- (2) the target dies for 25 s right after its join's 202 ----
-            add(&cluster, "n2", "n5").await.context("join n5")?;
+            cluster.request_add("n2", "n5").await.context("join n5")?;
             cluster.kill("n5");
             println!("i4_g: n5 (the hand-off target) killed right after its join answered 202; back in 25 s");
             cluster.members.push("n5".into());

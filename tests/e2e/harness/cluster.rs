@@ -328,6 +328,15 @@ impl Cluster {
 
     /// `POST /cluster/nodes {"id","peerAddr"}` on node `via` (asserts 202); returns the answer.
     pub async fn add_node(&mut self, via: &str, id: &str) -> Result<Value> {
+        let v = self.request_add(via, id).await?;
+        if !self.members.iter().any(|m| m == id) {
+            self.members.push(id.to_string());
+        }
+        Ok(v)
+    }
+
+    /// `add_node` without recording `id` as a member (for changes sent side by side).
+    pub async fn request_add(&self, via: &str, id: &str) -> Result<Value> {
         let peer = self.node(id).peer_addr();
         let url = format!("{}/cluster/nodes", self.admin(via));
         let body = json!({ "id": id, "peerAddr": peer }).to_string();
@@ -341,14 +350,18 @@ impl Cluster {
             v["epoch"].is_u64() && v["moving"].is_u64(),
             "POST {url}: expected {{\"epoch\", \"moving\"}}, got {v}"
         );
-        if !self.members.iter().any(|m| m == id) {
-            self.members.push(id.to_string());
-        }
         Ok(v)
     }
 
     /// `DELETE /cluster/nodes/{id}` on node `via` (asserts 202); returns the answer.
     pub async fn remove_node(&mut self, via: &str, id: &str) -> Result<Value> {
+        let v = self.request_remove(via, id).await?;
+        self.members.retain(|m| m != id);
+        Ok(v)
+    }
+
+    /// `remove_node` without forgetting `id` as a member (for changes sent side by side).
+    pub async fn request_remove(&self, via: &str, id: &str) -> Result<Value> {
         let url = format!("{}/cluster/nodes/{id}", self.admin(via));
         let r = self
             .http
@@ -360,7 +373,6 @@ impl Cluster {
             v["epoch"].is_u64() && v["moving"].is_u64(),
             "DELETE {url}: expected {{\"epoch\", \"moving\"}}, got {v}"
         );
-        self.members.retain(|m| m != id);
         Ok(v)
     }
 
