@@ -94,6 +94,22 @@ async fn leader_of(replicas: &[Replica]) -> usize {
     }
 }
 
+/// Proposes at whichever replica leads, as a client would: an election may still be settling
+/// right after a leader stopped (a replica that led a moment ago answers `NotLeader`).
+async fn propose_at_leader(replicas: &[Replica], command: MetaCommand) -> MetaResponse {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let leader = leader_of(replicas).await;
+        match replicas[leader].group.propose(command.clone()).await {
+            Ok(answer) => return answer,
+            Err(MetaError::NotLeader { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("propose at the leader: {e}"),
+        }
+    }
+}
+
 fn epoch_of(state: &MetaState) -> u64 {
     state.epoch()
 }
@@ -110,12 +126,7 @@ async fn three_replicas_agree_serialise_conflicting_changes_and_survive_their_le
     replicas[0].group.initialize(voters).await.expect("initialize");
 
     // A leader, and a first membership applied everywhere.
-    let leader = leader_of(&replicas).await;
-    let answer = replicas[leader]
-        .group
-        .propose(set(0, 1, &["n1"]))
-        .await
-        .expect("propose");
+    let answer = propose_at_leader(&replicas, set(0, 1, &["n1"])).await;
     assert_eq!(answer, MetaResponse::Applied { epoch: 1 });
     for r in &replicas {
         let rx = r.group.subscribe();
@@ -126,11 +137,21 @@ async fn three_replicas_agree_serialise_conflicting_changes_and_survive_their_le
     }
 
     // Two changes computed from epoch 1 at the same instant (a join at two nodes): one wins.
+    // (One that reached a replica just as it stopped leading is sent again, as a client would.)
+    let leader = leader_of(&replicas).await;
+    let (first, second) = (set(1, 2, &["n1", "n2"]), set(1, 2, &["n1", "n3"]));
     let (a, b) = tokio::join!(
-        replicas[leader].group.propose(set(1, 2, &["n1", "n2"])),
-        replicas[leader].group.propose(set(1, 2, &["n1", "n3"])),
+        replicas[leader].group.propose(first.clone()),
+        replicas[leader].group.propose(second.clone()),
     );
-    let answers = [a.expect("a"), b.expect("b")];
+    let mut answers = Vec::new();
+    for (result, command) in [(a, first), (b, second)] {
+        answers.push(match result {
+            Ok(answer) => answer,
+            Err(MetaError::NotLeader { .. }) => propose_at_leader(&replicas, command).await,
+            Err(e) => panic!("propose: {e}"),
+        });
+    }
     let applied = answers
         .iter()
         .filter(|r| matches!(r, MetaResponse::Applied { epoch: 2 }))
@@ -157,6 +178,7 @@ async fn three_replicas_agree_serialise_conflicting_changes_and_survive_their_le
     }
 
     // A follower does not apply proposals itself: it names the leader.
+    let leader = leader_of(&replicas).await;
     let follower = (leader + 1) % 3;
     match replicas[follower].group.propose(set(2, 3, &["n1"])).await {
         Err(MetaError::NotLeader { leader: Some(addr) }) => assert_eq!(addr, replicas[leader].addr),
@@ -167,13 +189,9 @@ async fn three_replicas_agree_serialise_conflicting_changes_and_survive_their_le
     let stopped_at = Instant::now();
     let old = replicas.remove(leader);
     let (name, dir, addr) = stop(old).await;
-    let new_leader = leader_of(&replicas).await;
+    leader_of(&replicas).await;
     println!("metadata: new leader after {} ms", stopped_at.elapsed().as_millis());
-    let answer = replicas[new_leader]
-        .group
-        .propose(set(2, 3, &["n1", "n2", "n3"]))
-        .await
-        .expect("propose at the new leader");
+    let answer = propose_at_leader(&replicas, set(2, 3, &["n1", "n2", "n3"])).await;
     assert_eq!(answer, MetaResponse::Applied { epoch: 3 });
 
     // The stopped replica restarts from its own store, on its old address, and catches up.
