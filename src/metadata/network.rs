@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{MetaCommand, MetaConfig, MetaResponse, NodeId};
-use crate::placement::client::{http, MSGPACK};
+use crate::placement::client::{post_msgpack, PeerError};
 use crate::storage::encode;
 
 /// A snapshot as sent to a replica that is too far behind for the log.
@@ -99,35 +99,16 @@ impl MetaPeer {
         request: &Req,
         ttl: Duration,
     ) -> Result<Resp, CallError> {
-        let response = http()
-            .post(format!("http://{}/cluster/v1/raft/{what}", self.addr))
-            .header("content-type", MSGPACK)
-            .timeout(ttl)
-            .body(encode(request))
-            .send()
+        let path = format!("/cluster/v1/raft/{what}");
+        let body = post_msgpack(&self.addr, &path, encode(request), ttl)
             .await
-            .map_err(|e| {
-                let message = crate::invoker::error_chain(&e);
-                if e.is_connect() {
-                    CallError::Unreachable(message)
-                } else {
-                    CallError::Network(message)
-                }
+            .map_err(|e| match e {
+                PeerError::Unreachable(m) => CallError::Unreachable(m),
+                // The replica is not running its group (starting, stopping): back off.
+                PeerError::Refused { status: 503, message } => CallError::Unreachable(message),
+                e @ (PeerError::Refused { .. } | PeerError::Other(_)) => CallError::Network(e.to_string()),
             })?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| CallError::Network(crate::invoker::error_chain(&e)))?;
-        match status.as_u16() {
-            200 => rmp_serde::from_slice(&body).map_err(|e| CallError::Network(format!("malformed answer: {e}"))),
-            // The replica is not running its group (starting, stopping): back off.
-            503 => Err(CallError::Unreachable(String::from_utf8_lossy(&body).into_owned())),
-            code => Err(CallError::Network(format!(
-                "answered {code}: {}",
-                String::from_utf8_lossy(&body)
-            ))),
-        }
+        rmp_serde::from_slice(&body).map_err(|e| CallError::Network(format!("malformed answer: {e}")))
     }
 }
 

@@ -84,6 +84,16 @@ pub(crate) fn http() -> reqwest::Client {
     CLIENT.with(|c| c.clone())
 }
 
+/// A MessagePack `POST {path}` to the peer at `addr`: the answer's body, or why there is none.
+pub(crate) async fn post_msgpack(
+    addr: &str,
+    path: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<bytes::Bytes, PeerError> {
+    send(post(addr, path, body), Some(timeout)).await
+}
+
 async fn send(request: reqwest::RequestBuilder, timeout: Option<Duration>) -> Result<bytes::Bytes, PeerError> {
     let request = match timeout {
         Some(t) => request.timeout(t),
