@@ -15,7 +15,6 @@ use crate::ids::{partition_of, ObjectId, PARTITIONS_COUNT};
 use crate::node::Node;
 use crate::placement::client::{self, MembershipChange};
 use crate::placement::{MemberState, RebalanceError, VIRTUAL_NODES};
-use crate::storage::DeploymentRecord;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/cluster", web::get().to(overview))
@@ -30,20 +29,9 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/objects/{service}/{key}/state", web::get().to(object_state));
 }
 
-/// Tells every other member about a newly registered deployment (best effort: a node that
-/// missed it gets every deployment again when it re-joins; or register again).
-pub async fn replicate_deployment(node: &Node, record: &DeploymentRecord) {
-    let membership = node.cluster.membership();
-    for m in membership.members.iter().filter(|m| m.id != node.cluster.node_id) {
-        if let Err(e) = client::push_deployment(&m.peer_addr, record).await {
-            tracing::warn!(node = %m.id, error = %e, "admin.deployment_replication_failed");
-        }
-    }
-}
-
 fn status_of(node: &Node, id: &str, state: MemberState) -> &'static str {
     // A node not pinged yet (just added) is not dead: it shows its membership state.
-    let alive = id == node.cluster.node_id || !node.cluster.peer_status(id).dead();
+    let alive = id == node.cluster.node_id || !node.cluster.peer_status(id).1;
     match (alive, state) {
         (false, _) => "dead",
         (true, MemberState::Joining) => "joining",
@@ -67,7 +55,7 @@ async fn overview(node: web::Data<Node>) -> HttpResponse {
                     Some(node.inflight()),
                 )
             } else {
-                let last = node.cluster.peer_status(&m.id).last;
+                let (last, _) = node.cluster.peer_status(&m.id);
                 let live = last.as_ref().filter(|_| status != "dead");
                 (
                     last.as_ref().map(|r| r.ingress_addr.clone()),
@@ -179,7 +167,9 @@ async fn objects(query: web::Query<ObjectsQuery>, node: web::Data<Node>) -> Http
             let list = if m.id == node.cluster.node_id {
                 Ok(node.objects.active())
             } else {
-                client::objects(&m.peer_addr).await
+                let fetch = client::objects(&m.peer_addr);
+                let stopped = || Err(client::PeerError::Other("stopped answering".into()));
+                node.cluster.while_alive(&m.id, fetch).await.unwrap_or_else(stopped)
             };
             (m.id.clone(), list)
         }
@@ -234,17 +224,18 @@ async fn invocations(req: HttpRequest, latest: web::Query<LatestQuery>, node: we
             node.cluster.peer(&m.id).filter(|p| p.alive).and_then(|p| p.admin_addr)
         };
         let query = query.clone();
+        let node = node.clone();
         admin.map(|admin| async move {
             let url = format!("http://{admin}/invocations?{query}");
-            let answer = client::http()
-                .get(url)
-                .timeout(std::time::Duration::from_secs(5))
-                .send()
-                .await;
-            let body = match answer {
-                Ok(r) => r.bytes().await.ok(),
-                Err(_) => None,
+            let fetch = async {
+                let answer = client::http()
+                    .get(url)
+                    .timeout(std::time::Duration::from_secs(5))
+                    .send()
+                    .await;
+                answer.ok()?.bytes().await.ok()
             };
+            let body = node.cluster.while_alive(&m.id, fetch).await.flatten();
             (
                 m.id.clone(),
                 body.and_then(|b| serde_json::from_slice::<Value>(&b).ok()),

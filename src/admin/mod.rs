@@ -16,7 +16,7 @@ use crate::ids::{stable_hash, InvocationId};
 use crate::journal::{Entry, Output};
 use crate::node::ControlError;
 use crate::node::Node;
-use crate::storage::{encode, keys, now_ms, DeploymentRecord, InvocationRecord, InvocationStatus, Table, WriteBatch};
+use crate::storage::{now_ms, DeploymentRecord, InvocationRecord, InvocationStatus};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
@@ -110,11 +110,13 @@ async fn register_deployment(
         services,
         registered_at_ms: now_ms(),
     };
-    let mut batch = WriteBatch::new();
-    batch.put(Table::Deployments, keys::deployment(&id), encode(&record));
-    node.store.log.append(batch).await?;
-    node.schema.upsert(record.clone());
-    cluster::replicate_deployment(&node, &record).await;
+    // Acknowledged once the metadata group committed it: every node gets it, one that is
+    // down once it is back.
+    node.clone()
+        .into_inner()
+        .register_deployment(record.clone())
+        .await
+        .map_err(|e| ApiError::unavailable(format!("deployment {id} not registered: {e}; retry")))?;
     tracing::info!(deployment = %id, uri = %record.uri, services = record.services.len(), "admin.deployment_registered");
     let status = if existing.is_some() {
         StatusCode::OK

@@ -3,7 +3,8 @@
 //! epoch it was computed from (`metadata::state`), so changes made at different nodes at the
 //! same instant are serialised and none that was acknowledged is lost. Every node follows the
 //! group and adopts what it commits; the group's leader keeps its replicas in step with the
-//! members and resumes a rebalance that is not finished.
+//! members and resumes a rebalance that is not finished. Deployments are registered the same
+//! way, so every node installs every acknowledged one, a node that was down included.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use crate::metadata::{propose_at, replica_id, replicas_of, MetaCommand, MetaError, MetaResponse};
 use crate::node::Node;
 use crate::placement::{MemberState, Membership, RebalanceError};
+use crate::storage::{encode, keys, DeploymentRecord, StorageError, Table, WriteBatch};
 
 /// How long a proposal waits out an election or an unreachable leader.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,6 +57,38 @@ impl Node {
         }
     }
 
+    /// Registers `record` cluster-wide: committed by the metadata group, then installed here
+    /// (the other nodes install it as they follow the group). A node alone, which has no group,
+    /// installs it only; the group it starts when a node joins holds it.
+    pub async fn register_deployment(self: &Arc<Self>, record: DeploymentRecord) -> Result<(), RebalanceError> {
+        if self.cluster.is_clustered() || self.metadata.is_initialized().await {
+            let command = MetaCommand::RegisterDeployment { record: record.clone() };
+            match self.propose(command).await? {
+                MetaResponse::Applied { .. } => {}
+                other => {
+                    return Err(RebalanceError::Peer {
+                        peer: "metadata group".into(),
+                        message: format!("refused: {other:?}"),
+                    })
+                }
+            }
+        }
+        Ok(self.install_deployment(record).await?)
+    }
+
+    /// Persists `record` in this node's deployments and serves it.
+    pub(crate) async fn install_deployment(&self, record: DeploymentRecord) -> Result<(), StorageError> {
+        if self.schema.snapshot().deployments.contains(&record) {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Deployments, keys::deployment(&record.id), encode(&record));
+        self.store.log.append(batch).await?;
+        tracing::info!(deployment = %record.id, uri = %record.uri, "cluster.deployment_installed");
+        self.schema.upsert(record);
+        Ok(())
+    }
+
     /// Proposes `command` to the group: here if this replica leads, else at the leader (over
     /// the node-to-node endpoint), waiting out an election for up to `PROPOSE_TIMEOUT`.
     pub(crate) async fn propose(self: &Arc<Self>, command: MetaCommand) -> Result<MetaResponse, RebalanceError> {
@@ -86,7 +120,8 @@ impl Node {
     /// A node that never was part of a cluster has no group: the first change it makes starts
     /// one, with itself the only voter, holding the membership it has.
     async fn ensure_group(self: &Arc<Self>) -> Result<(), RebalanceError> {
-        if self.metadata.is_initialized().await {
+        // A member of a cluster waits for the group its lowest member starts (never one of its own).
+        if self.cluster.is_clustered() || self.metadata.is_initialized().await {
             return Ok(());
         }
         let me = replica_id(&self.cluster.node_id);
@@ -95,8 +130,14 @@ impl Node {
             .await?;
         self.metadata.wait_for_leader(PROPOSE_TIMEOUT).await?;
         let membership = (*self.cluster.membership()).clone();
+        let deployments = self.schema.snapshot().deployments.clone();
         // `Stale`: it holds one already.
-        self.metadata.propose(MetaCommand::Bootstrap { membership }).await?;
+        self.metadata
+            .propose(MetaCommand::Bootstrap {
+                membership,
+                deployments,
+            })
+            .await?;
         tracing::info!("cluster.metadata_group_started");
         Ok(())
     }
@@ -123,6 +164,7 @@ impl Node {
             match self
                 .propose(MetaCommand::Bootstrap {
                     membership: membership.clone(),
+                    deployments: self.schema.snapshot().deployments.clone(),
                 })
                 .await
             {
@@ -138,7 +180,8 @@ impl Node {
         }
     }
 
-    /// Follows the group: adopts every newer membership it commits; on the leader, keeps the
+    /// Follows the group: installs the deployments and adopts every newer membership it
+    /// commits; on the leader, keeps the
     /// replicas in step with the members and resumes a rebalance that is not finished.
     pub async fn follow_metadata(self: Arc<Self>) {
         let mut committed = self.metadata.subscribe();
@@ -149,6 +192,11 @@ impl Node {
                 _ = upkeep.tick() => {}
             }
             let state = committed.borrow_and_update().clone();
+            for record in state.deployments {
+                if let Err(e) = self.install_deployment(record).await {
+                    tracing::error!(error = %e, "cannot install a committed deployment");
+                }
+            }
             let Some(membership) = state.membership else {
                 continue;
             };

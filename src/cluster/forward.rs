@@ -5,7 +5,9 @@
 //! partition it does not serve answers 421 and the forwarder routes again with what it
 //! learns. Requests are retried only when the owner cannot have acted on them (421, a
 //! partition in motion, a refused connection); an answer lost after sending is a 503 with
-//! an "outcome unknown" message, never a silent retry.
+//! an "outcome unknown" message, never a silent retry. A wait on the owner lasts only while
+//! the owner answers pings (`placement::liveness`): one that stops answering — paused, cut
+//! off — costs its callers ≤ ~1.6 s and a 503 with Retry-After, and only for its partitions.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,28 +89,35 @@ pub async fn route(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        match send(node, req, body, &addr).await {
-            Ok(response) if response.status().as_u16() == 421 => {
+        let exchange = async {
+            let response = send(node, req, body, &addr).await?;
+            let status = response.status().as_u16();
+            let moving = status == 503 && response.headers().contains_key(MOVING_HEADER);
+            Ok::<_, reqwest::Error>((status, moving, relay(response).await))
+        };
+        match node.cluster.while_alive(&peer.id, exchange).await {
+            Some(Ok((421, _, _))) => {
                 node.pull_membership(&peer.peer_addr).await;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Ok(response) if response.status().as_u16() == 503 && response.headers().contains_key(MOVING_HEADER) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Ok(response) => return Some(relay(response).await),
-            Err(e) if e.is_connect() => {
+            Some(Ok((_, true, _))) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Some(Ok((_, false, response))) => return Some(response),
+            Some(Err(e)) if e.is_connect() => {
                 node.cluster.mark_unreachable(&peer.id);
                 return answer(ApiError::owner_down(partition, &peer.id));
             }
-            Err(e) => {
-                return answer(ApiError::unavailable(format!(
-                    "node {} (owner of partition {partition}) failed while answering; the outcome is unknown — retry with an idempotency-key to be safe: {}",
-                    peer.id,
-                    crate::invoker::error_chain(&e)
-                )))
-            }
+            Some(Err(e)) => return answer(outcome_unknown(&peer.id, partition, &crate::invoker::error_chain(&e))),
+            None => return answer(outcome_unknown(&peer.id, partition, "it stopped answering")),
         }
     }
+}
+
+/// The owner may have acted on a request it did not answer.
+fn outcome_unknown(node_id: &str, partition: u16, why: &str) -> ApiError {
+    ApiError::unavailable(format!(
+        "node {node_id} (owner of partition {partition}) failed while answering; the outcome is unknown — \
+         retry with an idempotency-key to be safe: {why}"
+    ))
 }
 
 async fn send(node: &Node, req: &HttpRequest, body: &[u8], addr: &str) -> Result<reqwest::Response, reqwest::Error> {
@@ -162,7 +171,12 @@ pub async fn wait_output(node: &Arc<Node>, id: InvocationId) -> Result<Option<Ou
             Placement::Remote(peer) if !peer.alive => {
                 return Err(ApiError::owner_down(partition, &peer.id));
             }
-            Placement::Remote(peer) => match client::output(&peer.peer_addr, id).await {
+            Placement::Remote(peer) => match node
+                .cluster
+                .while_alive(&peer.id, client::output(&peer.peer_addr, id))
+                .await
+                .unwrap_or_else(|| Err(client::PeerError::Other("it stopped answering".into())))
+            {
                 Ok(RemoteOutput::Output(o)) => return Ok(Some(o)),
                 Ok(RemoteOutput::NotFound) => return Ok(None),
                 Err(e) if e.misdirected() => {

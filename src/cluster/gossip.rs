@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::node::Node;
-use crate::placement::client::{self, MembershipChange};
-use crate::placement::{Member, Membership, PingReply, PING_INTERVAL};
+use crate::placement::client::{self, MembershipChange, PeerError};
+use crate::placement::{Member, Membership, PingReply, Probe, PING_INTERVAL};
 use crate::storage::StorageError;
 
 impl Node {
@@ -38,27 +38,32 @@ impl Node {
         Ok(())
     }
 
-    /// Gossip: pings every other member; adopts a newer membership a peer reports.
+    /// Gossip: pings every other member, each on its own (a peer that does not answer delays
+    /// no one else's pings); adopts a newer membership a peer reports.
     pub async fn gossip(self: Arc<Self>) {
         loop {
+            self.cluster.ping_round();
             let membership = self.cluster.membership();
-            let others: Vec<Member> = membership
-                .members
-                .iter()
-                .filter(|m| m.id != self.cluster.node_id)
-                .cloned()
-                .collect();
-            let pings = others
-                .iter()
-                .map(|m| async move { (m, client::ping(&m.peer_addr).await) });
-            for (member, reply) in futures_util::future::join_all(pings).await {
-                let newer = reply.as_ref().ok().filter(|r| r.epoch > self.cluster.epoch()).is_some();
-                self.cluster.record_ping(&member.id, reply.map_err(|e| e.to_string()));
-                if newer {
-                    self.pull_membership(&member.peer_addr).await;
+            for member in membership.members.iter().filter(|m| m.id != self.cluster.node_id) {
+                if self.cluster.start_ping(&member.id) {
+                    actix_rt::spawn(self.clone().ping(member.clone()));
                 }
             }
             tokio::time::sleep(PING_INTERVAL).await;
+        }
+    }
+
+    async fn ping(self: Arc<Self>, member: Member) {
+        let reply = client::ping(&member.peer_addr).await;
+        let newer = reply.as_ref().ok().filter(|r| r.epoch > self.cluster.epoch()).is_some();
+        let probe = match reply {
+            Ok(r) => Probe::Answered(r),
+            Err(PeerError::Unreachable(_)) => Probe::Refused,
+            Err(_) => Probe::Failed,
+        };
+        self.cluster.record_ping(&member.id, probe);
+        if newer {
+            self.pull_membership(&member.peer_addr).await;
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::node::Node;
-use crate::placement::client::{self, ImportRequest, MembershipChange};
+use crate::placement::client::{self, ImportRequest, MembershipChange, PeerError};
 use crate::placement::{Member, MemberState, Membership, RebalanceError};
 use crate::storage::{PartitionState, StorageError, Table, WriteBatch};
 
@@ -164,20 +164,24 @@ impl Node {
             for p in misplaced.iter().filter(|p| current.owner(**p) == source) {
                 next.owners[*p as usize] = targets[*p as usize].clone();
             }
-            let result =
-                if source == self.cluster.node_id {
-                    self.handoff(current.epoch, next.clone()).await.map(|_| ())
-                } else {
-                    match current.member(&source) {
-                        Some(m) => client::handoff(&m.peer_addr, current.epoch, &next).await.map_err(|e| {
-                            RebalanceError::Peer {
-                                peer: source.clone(),
-                                message: e.to_string(),
-                            }
+            let result = if source == self.cluster.node_id {
+                self.handoff(current.epoch, next.clone()).await.map(|_| ())
+            } else {
+                match current.member(&source) {
+                    // Bounded by the source's liveness: a paused source is retried like a
+                    // failed one (its late answer, if any, is refused by epoch).
+                    Some(m) => self
+                        .cluster
+                        .while_alive(&source, client::handoff(&m.peer_addr, current.epoch, &next))
+                        .await
+                        .unwrap_or_else(|| Err(PeerError::Other("stopped answering".into())))
+                        .map_err(|e| RebalanceError::Peer {
+                            peer: source.clone(),
+                            message: e.to_string(),
                         }),
-                        None => Err(RebalanceError::UnknownNode(source.clone())),
-                    }
-                };
+                    None => Err(RebalanceError::UnknownNode(source.clone())),
+                }
+            };
             match result {
                 Ok(()) => {
                     failures = 0;
@@ -269,8 +273,12 @@ impl Node {
                 for chunk in partitions.chunks(PARTITIONS_PER_IMPORT) {
                     let request = self.export(next.epoch, chunk.to_vec()).await?;
                     rows_moved += request.rows.len();
-                    client::import(&addr, &request)
+                    // A target that stops answering fails the copy (the partitions are served
+                    // here again) instead of holding them frozen.
+                    self.cluster
+                        .while_alive(target, client::import(&addr, &request))
                         .await
+                        .unwrap_or_else(|| Err(PeerError::Other("stopped answering".into())))
                         .map_err(|e| RebalanceError::Peer {
                             peer: target.clone(),
                             message: e.to_string(),

@@ -11,7 +11,7 @@ use crate::ids::InvocationId;
 use crate::node::{Node, Waited};
 use crate::placement::client::{HandoffRequest, ImportRequest, MembershipChange, RemoteOutput};
 use crate::placement::{Membership, Placement};
-use crate::storage::{encode, keys, DeploymentRecord, OutboxMessage, StorageError, Table, WriteBatch};
+use crate::storage::{encode, DeploymentRecord, OutboxMessage, StorageError};
 
 use crate::placement::client::MSGPACK;
 /// Largest node-to-node request (an import of a few partitions).
@@ -156,13 +156,10 @@ async fn deployment(body: web::Bytes, node: web::Data<Node>) -> HttpResponse {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let mut batch = WriteBatch::new();
-    batch.put(Table::Deployments, keys::deployment(&record.id), encode(&record));
-    if let Err(e) = node.store.log.append(batch).await {
-        return storage_error(e);
+    match node.install_deployment(record).await {
+        Ok(()) => HttpResponse::Ok().finish(),
+        Err(e) => storage_error(e),
     }
-    node.schema.upsert(record);
-    HttpResponse::Ok().finish()
 }
 
 /// Starts the node-to-node server.

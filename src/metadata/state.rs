@@ -8,23 +8,35 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::placement::Membership;
+use crate::storage::DeploymentRecord;
 
 /// The replicated state: the cluster's membership (members, the partition → owner table and
-/// the ring epoch, as `placement::Membership`), once one has been proposed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// the ring epoch — any rebalance in progress is the difference between the owners and the
+/// members — as `placement::Membership`), once one has been proposed; and the deployments.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetaState {
     pub membership: Option<Membership>,
+    #[serde(default)]
+    pub deployments: Vec<DeploymentRecord>,
 }
 
 /// A change proposed to the group.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MetaCommand {
     /// Replace the membership at `base_epoch` with `next`, whose epoch must be
     /// `base_epoch + 1`.
     SetMembership { base_epoch: u64, next: Membership },
     /// The first membership of a new group: the one its nodes already hold (from `--cluster`,
-    /// or a data dir from before the group). Applied only while the group holds none.
-    Bootstrap { membership: Membership },
+    /// or a data dir from before the group), with the deployments it has. Applied only while
+    /// the group holds none.
+    Bootstrap {
+        membership: Membership,
+        #[serde(default)]
+        deployments: Vec<DeploymentRecord>,
+    },
+    /// Add a deployment, or replace the one with its id (the same URI discovered again).
+    /// Needs no condition: a registration depends on no other state.
+    RegisterDeployment { record: DeploymentRecord },
 }
 
 impl fmt::Display for MetaCommand {
@@ -33,7 +45,8 @@ impl fmt::Display for MetaCommand {
             MetaCommand::SetMembership { base_epoch, next } => {
                 write!(f, "SetMembership({base_epoch} → {})", next.epoch)
             }
-            MetaCommand::Bootstrap { membership } => write!(f, "Bootstrap({})", membership.epoch),
+            MetaCommand::Bootstrap { membership, .. } => write!(f, "Bootstrap({})", membership.epoch),
+            MetaCommand::RegisterDeployment { record } => write!(f, "RegisterDeployment({})", record.id),
         }
     }
 }
@@ -72,17 +85,34 @@ impl MetaState {
                 self.membership = Some(next.clone());
                 MetaResponse::Applied { epoch: next.epoch }
             }
-            MetaCommand::Bootstrap { membership } => {
+            MetaCommand::Bootstrap {
+                membership,
+                deployments,
+            } => {
                 if self.membership.is_some() {
                     return MetaResponse::Stale {
                         current_epoch: self.epoch(),
                     };
                 }
                 self.membership = Some(membership.clone());
+                for record in deployments {
+                    self.upsert(record);
+                }
                 MetaResponse::Applied {
                     epoch: membership.epoch,
                 }
             }
+            MetaCommand::RegisterDeployment { record } => {
+                self.upsert(record);
+                MetaResponse::Applied { epoch: self.epoch() }
+            }
+        }
+    }
+
+    fn upsert(&mut self, record: &DeploymentRecord) {
+        match self.deployments.iter_mut().find(|d| d.id == record.id) {
+            Some(d) => *d = record.clone(),
+            None => self.deployments.push(record.clone()),
         }
     }
 }
@@ -124,6 +154,7 @@ mod tests {
         for (epoch, (base, next), answer, after) in table {
             let mut state = MetaState {
                 membership: (*epoch > 0).then(|| membership(*epoch)),
+                ..MetaState::default()
             };
             assert_eq!(
                 &state.apply(&set(*base, *next)),
@@ -139,14 +170,56 @@ mod tests {
         let mut state = MetaState::default();
         let first = MetaCommand::Bootstrap {
             membership: membership(4),
+            deployments: vec![deployment("dp_a", 1)],
         };
         assert_eq!(state.apply(&first), MetaResponse::Applied { epoch: 4 });
         // A second bootstrap (another node, or a retry after a lost answer) changes nothing.
         let again = MetaCommand::Bootstrap {
             membership: membership(1),
+            deployments: vec![deployment("dp_b", 1)],
         };
         assert_eq!(state.apply(&again), MetaResponse::Stale { current_epoch: 4 });
         assert_eq!(state.epoch(), 4);
+        assert_eq!(state.deployments, vec![deployment("dp_a", 1)]);
+    }
+
+    fn deployment(id: &str, at: u64) -> DeploymentRecord {
+        DeploymentRecord {
+            id: id.into(),
+            uri: format!("http://{id}"),
+            services: Vec::new(),
+            registered_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn a_registration_adds_or_replaces_by_id_and_leaves_the_membership() {
+        // (registered in order, deployments after), each as (id, registered_at_ms)
+        type Rows = &'static [(&'static str, u64)];
+        let table: &[(Rows, Rows)] = &[
+            (&[("dp_a", 1)], &[("dp_a", 1)]),
+            (&[("dp_a", 1), ("dp_b", 2)], &[("dp_a", 1), ("dp_b", 2)]),
+            (&[("dp_a", 1), ("dp_b", 2), ("dp_a", 3)], &[("dp_a", 3), ("dp_b", 2)]),
+        ];
+        for (registered, after) in table {
+            let mut state = MetaState {
+                membership: Some(membership(3)),
+                ..MetaState::default()
+            };
+            for (id, at) in registered.iter() {
+                let answer = state.apply(&MetaCommand::RegisterDeployment {
+                    record: deployment(id, *at),
+                });
+                assert_eq!(answer, MetaResponse::Applied { epoch: 3 });
+            }
+            let got: Vec<(&str, u64)> = state
+                .deployments
+                .iter()
+                .map(|d| (d.id.as_str(), d.registered_at_ms))
+                .collect();
+            assert_eq!(&got, after, "registered {registered:?}");
+            assert_eq!(state.epoch(), 3);
+        }
     }
 
     #[test]
@@ -155,6 +228,7 @@ mod tests {
         // orders first applies; the other is refused and names the epoch to recompute from.
         let mut state = MetaState {
             membership: Some(membership(1)),
+            ..MetaState::default()
         };
         let (join_a, join_b) = (set(1, 2), set(1, 2));
         assert_eq!(state.apply(&join_a), MetaResponse::Applied { epoch: 2 });

@@ -134,7 +134,7 @@ fn post(addr: &str, path: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
 pub async fn ping(addr: &str) -> Result<PingReply, PeerError> {
     let body = send(
         http().get(format!("http://{addr}/cluster/v1/ping")),
-        Some(Duration::from_secs(1)),
+        Some(super::liveness::PING_TIMEOUT),
     )
     .await?;
     parse(&body)

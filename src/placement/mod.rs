@@ -3,23 +3,25 @@
 //! the endpoint that serves other nodes) is `cluster`, above the node. See docs/cluster.md.
 
 pub mod client;
+pub mod liveness;
 pub mod membership;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub use liveness::{PeerStatus, Probe, View, PING_INTERVAL};
 pub use membership::{Member, MemberState, Membership, RebalanceError, VIRTUAL_NODES};
 
 use crate::ids::PARTITIONS_COUNT;
 use crate::storage::{encode, PartitionGate, PartitionState, StorageError, Store, Table, WriteBatch};
 
 const MEMBERSHIP_KEY: &str = "membership";
-/// Consecutive failed pings after which a peer is reported dead.
-const PING_FAILURES_DEAD: u32 = 2;
-pub(crate) const PING_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a wait on another node looks whether that node died.
+const DEATH_POLL: Duration = Duration::from_millis(50);
 
 /// Where a partition is served from, as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,29 +54,12 @@ pub struct PingReply {
     pub inflight: usize,
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct PeerStatus {
-    pub failures: u32,
-    pub last: Option<PingReply>,
-}
-
-impl PeerStatus {
-    pub fn alive(&self) -> bool {
-        self.last.is_some() && self.failures < PING_FAILURES_DEAD
-    }
-
-    /// Missed its last pings (a node never pinged yet is not dead).
-    pub fn dead(&self) -> bool {
-        self.failures >= PING_FAILURES_DEAD
-    }
-}
-
 pub struct Cluster {
     pub node_id: String,
     pub peer_addr: String,
     membership: RwLock<Arc<Membership>>,
     gate: Arc<PartitionGate>,
-    peers: Mutex<HashMap<String, PeerStatus>>,
+    peers: Mutex<Peers>,
     /// One membership change or hand-off at a time on this node.
     pub(crate) changes: tokio::sync::Mutex<()>,
 }
@@ -133,7 +118,7 @@ impl Cluster {
             peer_addr: config.peer_addr.to_string(),
             membership: RwLock::new(Arc::new(membership)),
             gate: store.gate.clone(),
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(Peers::default()),
             changes: tokio::sync::Mutex::new(()),
         })
     }
@@ -163,29 +148,27 @@ impl Cluster {
     pub fn peer(&self, id: &str) -> Option<Peer> {
         let membership = self.membership();
         let member = membership.member(id)?;
-        let status = self
-            .peers
-            .lock()
-            .expect("peers lock")
-            .get(id)
-            .cloned()
-            .unwrap_or_default();
+        let (status, dead) = {
+            let peers = self.peers.lock().expect("peers lock");
+            let status = peers.statuses.get(id).cloned().unwrap_or_default();
+            let dead = status.dead_at(Instant::now(), &peers.view);
+            (status, dead)
+        };
         Some(Peer {
             id: id.to_owned(),
             peer_addr: member.peer_addr.clone(),
             ingress_addr: status.last.as_ref().map(|r| r.ingress_addr.clone()),
             admin_addr: status.last.as_ref().map(|r| r.admin_addr.clone()),
-            alive: !status.dead(),
+            alive: !dead,
         })
     }
 
-    pub fn peer_status(&self, id: &str) -> PeerStatus {
-        self.peers
-            .lock()
-            .expect("peers lock")
-            .get(id)
-            .cloned()
-            .unwrap_or_default()
+    /// The last ping answer of `id`, and whether it is dead now.
+    pub fn peer_status(&self, id: &str) -> (Option<PingReply>, bool) {
+        let peers = self.peers.lock().expect("peers lock");
+        let status = peers.statuses.get(id).cloned().unwrap_or_default();
+        let dead = status.dead_at(Instant::now(), &peers.view);
+        (status.last, dead)
     }
 
     pub fn placement(&self, partition: u16) -> Placement {
@@ -284,30 +267,77 @@ impl Cluster {
         Ok(Some(adopted))
     }
 
-    pub(crate) fn record_ping(&self, id: &str, reply: Result<PingReply, String>) {
+    /// Claims `id`'s ping slot (false while a ping to it is out).
+    pub(crate) fn start_ping(&self, id: &str) -> bool {
         let mut peers = self.peers.lock().expect("peers lock");
-        let status = peers.entry(id.to_owned()).or_default();
-        match reply {
-            Ok(r) => {
-                if !status.alive() && status.failures > 0 {
-                    tracing::info!(node = id, "cluster.peer_alive");
-                }
-                status.failures = 0;
-                status.last = Some(r);
-            }
-            Err(e) => {
-                status.failures += 1;
-                if status.failures == PING_FAILURES_DEAD {
-                    tracing::warn!(node = id, error = %e, "cluster.peer_dead");
-                }
-            }
+        peers
+            .statuses
+            .entry(id.to_owned())
+            .or_default()
+            .start_ping(Instant::now())
+    }
+
+    pub(crate) fn record_ping(&self, id: &str, probe: Probe) {
+        self.record(id, probe, true);
+    }
+
+    /// A request found nothing listening at `id`'s address.
+    pub(crate) fn mark_unreachable(&self, id: &str) {
+        self.record(id, Probe::Refused, false);
+    }
+
+    fn record(&self, id: &str, probe: Probe, from_ping: bool) {
+        let now = Instant::now();
+        let mut guard = self.peers.lock().expect("peers lock");
+        let peers = &mut *guard;
+        let status = peers.statuses.entry(id.to_owned()).or_default();
+        status.record(now, probe, from_ping);
+        log_transition(id, status.transition(now, &peers.view));
+    }
+
+    /// A ping round begins: notes whether this node itself was stopped, and logs peers that
+    /// died or came back since the last round.
+    pub(crate) fn ping_round(&self) {
+        let now = Instant::now();
+        let mut guard = self.peers.lock().expect("peers lock");
+        let peers = &mut *guard;
+        peers.view.round(now);
+        for (id, status) in peers.statuses.iter_mut() {
+            log_transition(id, status.transition(now, &peers.view));
         }
     }
 
-    pub(crate) fn mark_unreachable(&self, id: &str) {
-        let mut peers = self.peers.lock().expect("peers lock");
-        let status = peers.entry(id.to_owned()).or_default();
-        status.failures = status.failures.max(PING_FAILURES_DEAD);
+    /// Runs `work` (a request to peer `id`) unless `id` is found dead first: `None` then. What
+    /// bounds every wait on another node — a paused node costs a caller ≤ ~1.6 s, while a long
+    /// answer from a live one is waited for in full.
+    pub async fn while_alive<F: Future>(&self, id: &str, work: F) -> Option<F::Output> {
+        let death = async {
+            loop {
+                tokio::time::sleep(DEATH_POLL).await;
+                if self.peer(id).is_none_or(|p| !p.alive) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            done = work => Some(done),
+            () = death => None,
+        }
+    }
+}
+
+/// What this node knows of the others' liveness.
+#[derive(Default)]
+struct Peers {
+    statuses: HashMap<String, PeerStatus>,
+    view: View,
+}
+
+fn log_transition(id: &str, change: Option<bool>) {
+    match change {
+        Some(true) => tracing::warn!(node = id, "cluster.peer_dead"),
+        Some(false) => tracing::info!(node = id, "cluster.peer_alive"),
+        None => {}
     }
 }
 

@@ -6,62 +6,15 @@
 //! `Counter.add` load with idempotency keys through nginx; every request that failed while a
 //! node was down is sent again with its own key until it succeeds, so every total is exact.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{ensure, Context};
 
 use crate::harness::*;
 
 const KEYS: usize = 200;
 const CONCURRENCY: usize = 16;
 const REBALANCE_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// The metadata leader as `via` reports it, once it reports one other than `not`.
-async fn metadata_leader(cluster: &Cluster, via: &str, not: Option<&str>) -> Result<String> {
-    let deadline = Deadline::after(Duration::from_secs(30), "waiting for a metadata leader");
-    loop {
-        let info = cluster.info(via).await?;
-        if let Some(leader) = info["metadataLeader"].as_str().filter(|l| Some(*l) != not) {
-            return Ok(leader.to_string());
-        }
-        deadline.check(format!("GET /cluster: {info}"))?;
-        sleep_ms(100).await;
-    }
-}
-
-/// Sends every failed request again with its own idempotency key until it succeeds; returns
-/// the adds each key must total (its distinct idempotency keys).
-async fn settle(cluster: &Cluster, base: &str, report: &LoadReport) -> Result<BTreeMap<String, usize>> {
-    let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut failed = Vec::new();
-    for r in &report.results {
-        let idem = r
-            .idempotency_key
-            .clone()
-            .ok_or_else(|| anyhow!("load without idempotency keys"))?;
-        keys.entry(r.key.clone()).or_default().insert(idem.clone());
-        if !r.outcome.is_ok() {
-            failed.push((r.key.clone(), idem));
-        }
-    }
-    println!(
-        "i4_g: {} requests failed while a node was down; sending them again",
-        failed.len()
-    );
-    for (key, idem) in failed {
-        let deadline = Deadline::after(Duration::from_secs(60), format!("re-sending {key} {idem}"));
-        loop {
-            let outcome = counter_add_once(&cluster.http, base, &key, Some(&idem), Duration::from_secs(30)).await;
-            if outcome.is_ok() {
-                break;
-            }
-            deadline.check(format!("{outcome:?}"))?;
-            sleep_ms(200).await;
-        }
-    }
-    Ok(keys.into_iter().map(|(k, ids)| (k, ids.len())).collect())
-}
 
 #[test]
 fn i4_g_rebalance_resumes_after_its_leader_or_target_dies() {
@@ -129,7 +82,7 @@ fn i4_g_rebalance_resumes_after_its_leader_or_target_dies() {
             load.stop();
             let report = load.finish().await?;
             println!("i4_g: {} adds: {:?}", report.results.len(), report.histogram());
-            let expected = settle(&cluster, &nginx.url(), &report).await?;
+            let expected = resend_failed(&cluster, "i4_g", &nginx.url(), &report).await?;
             verify_counter_totals(&cluster.http, &nginx.url(), &expected).await?;
             println!("i4_g: all {KEYS} totals exact");
             cluster.print_issues("i4_g");

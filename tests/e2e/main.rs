@@ -39,8 +39,10 @@ mod j_restart_cost;
 // sagas across nodes, the web UI in a browser.
 mod i4_cluster_concurrent_changes;
 mod i4_cluster_join_leave;
+mod i4_cluster_kill_any;
 mod i4_cluster_load;
 mod i4_cluster_node_crash;
+mod i4_cluster_pause;
 mod i4_cluster_rebalance_resumes;
 mod i4_cluster_saga;
 mod i4_cluster_ui;

@@ -253,7 +253,7 @@ impl Cluster {
 
     // ---- admin API --------------------------------------------------------------------------
 
-    async fn get_json(&self, url: &str) -> Result<Value> {
+    pub async fn get_json(&self, url: &str) -> Result<Value> {
         let r = self.http.get_timeout(url, Duration::from_secs(20)).await?;
         r.ok_json().with_context(|| format!("GET {url}"))
     }
@@ -482,6 +482,17 @@ impl Cluster {
     /// SIGKILL node `id`.
     pub fn kill(&mut self, id: &str) {
         self.node_mut(id).kiln.kill();
+    }
+
+    /// SIGSTOP node `id`: it keeps its sockets, so connections to it are accepted and never
+    /// answered, until [`Cluster::resume`].
+    pub fn pause(&self, id: &str) -> Result<()> {
+        self.node(id).kiln.signal("STOP")
+    }
+
+    /// SIGCONT node `id`.
+    pub fn resume(&self, id: &str) -> Result<()> {
+        self.node(id).kiln.signal("CONT")
     }
 
     /// (Re)starts node `id` on the same data dir and ports (SIGKILL first if running) and
@@ -730,4 +741,55 @@ pub async fn check_sequences_explained(
         }
     }
     Err(e)
+}
+
+/// The metadata leader as `via` reports it, once it reports one other than `not`.
+pub async fn metadata_leader(cluster: &Cluster, via: &str, not: Option<&str>) -> Result<String> {
+    let deadline = Deadline::after(Duration::from_secs(30), "waiting for a metadata leader");
+    loop {
+        let info = cluster.info(via).await?;
+        if let Some(leader) = info["metadataLeader"].as_str().filter(|l| Some(*l) != not) {
+            return Ok(leader.to_string());
+        }
+        deadline.check(format!("GET /cluster: {info}"))?;
+        sleep_ms(100).await;
+    }
+}
+
+/// Sends every failed request of `report` again with its own idempotency key until it succeeds; returns
+/// the adds each key must total (its distinct idempotency keys).
+pub async fn resend_failed(
+    cluster: &Cluster,
+    test: &str,
+    base: &str,
+    report: &LoadReport,
+) -> Result<BTreeMap<String, usize>> {
+    let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for r in &report.results {
+        let idem = r
+            .idempotency_key
+            .clone()
+            .ok_or_else(|| anyhow!("load without idempotency keys"))?;
+        keys.entry(r.key.clone()).or_default().insert(idem.clone());
+        if !r.outcome.is_ok() {
+            failed.push((r.key.clone(), idem));
+        }
+    }
+    println!(
+        "{test}: {} requests failed while a node was down; sending them again",
+        failed.len()
+    );
+    for (key, idem) in failed {
+        let deadline = Deadline::after(Duration::from_secs(60), format!("re-sending {key} {idem}"));
+        loop {
+            let outcome = counter_add_once(&cluster.http, base, &key, Some(&idem), Duration::from_secs(30)).await;
+            if outcome.is_ok() {
+                break;
+            }
+            deadline.check(format!("{outcome:?}"))?;
+            sleep_ms(200).await;
+        }
+    }
+    Ok(keys.into_iter().map(|(k, ids)| (k, ids.len())).collect())
 }

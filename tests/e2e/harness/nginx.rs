@@ -33,7 +33,7 @@ pub fn nginx_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The generated `nginx.conf`: one round-robin upstream over `upstreams` (`host:port`) with
+/// The generated `nginx.conf`: one least-connections upstream over `upstreams` (`host:port`) with
 /// keep-alive connections, listening on `127.0.0.1:{port}`. Only connection failures go to the
 /// next server (`error timeout http_502`); nginx never re-sends a POST that was already sent
 /// (no `non_idempotent`), so a request is applied at most once per client attempt.
@@ -73,6 +73,9 @@ http {{
     scgi_temp_path {d}/scgi;
 
     upstream kiln {{
+        # A node that stops answering (paused, overloaded) keeps its connections open, so
+        # least_conn soon stops choosing it; round robin would park every client there.
+        least_conn;
 {servers}        keepalive 64;
         # Shorter than the nodes' ingress keep-alive timeout: nginx must never send a request on
         # a connection a node is just closing (it would answer 502 for that POST).

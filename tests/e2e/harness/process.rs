@@ -252,6 +252,18 @@ impl Kiln {
         let _ = open_log(&self.log, "SIGKILL sent by the test");
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the running process.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().context("kiln is not running")?;
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        ensure!(status.success(), "kill -s {signal} {pid} failed: {status}");
+        let _ = open_log(&self.log, &format!("SIG{signal} sent by the test"));
+        Ok(())
+    }
+
     /// Kills kiln if running and starts it again on the same data dir and ports.
     pub async fn restart(&mut self) -> Result<()> {
         kill_child(&mut self.child);
