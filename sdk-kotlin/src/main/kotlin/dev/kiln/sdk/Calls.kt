@@ -97,7 +97,7 @@ internal fun <O> callTyped(
     val target = HandlerTargets.of(handler)
     target.checkKey(key)
     checkInputArity(target, hasInput)
-    val inv = (ctx as Invocation.InvocationContext)
+    val inv = (ctx as InvocationContext)
     return inv.callTarget(target, key ?: "", target.encodeInput(input))
 }
 

@@ -3,7 +3,7 @@ package dev.kiln.sdk
 
 import kotlin.time.Duration
 
-/** A future of entry [index]: its result comes with the journal or in a COMPLETION frame. */
+/** A future of entry [index]: its result comes with the journal, in a COMPLETION frame, or (a `run`) from its block once ACKed. */
 internal open class FutureImpl<T>(
     val invocation: Invocation,
     val index: Int,
@@ -15,9 +15,9 @@ internal open class FutureImpl<T>(
         return decodeValue(r.value ?: ByteArray(0))
     }
 
-    override suspend fun await(): T = invocation.awaitFuture(this, listOf(index))
+    override suspend fun await(): T = invocation.awaits.future(this, listOf(index))
 
-    override suspend fun await(timeout: Duration): T = invocation.awaitWithTimeout(this, timeout)
+    override suspend fun await(timeout: Duration): T = invocation.awaits.withTimeout(this, timeout)
 
     override fun toString(): String = "DurableFuture(entry $index)"
 }
@@ -36,18 +36,18 @@ internal class AwakeableImpl<T>(
 internal suspend fun <T> awaitAllFutures(futures: List<DurableFuture<out T>>): List<T> {
     if (futures.isEmpty()) return emptyList()
     val impls = futures.map { it as FutureImpl<*> }
-    return impls[0].invocation.awaitAll(impls) as List<T>
+    return impls[0].invocation.awaits.all(impls) as List<T>
 }
 
 internal suspend fun awaitAnyFuture(futures: List<DurableFuture<*>>): Int {
     require(futures.isNotEmpty()) { "awaitAny needs at least one future" }
     val impls = futures.map { it as FutureImpl<*> }
-    return impls[0].invocation.awaitAny(impls)
+    return impls[0].invocation.awaits.any(impls)
 }
 
 internal suspend fun <T> awaitFirstFuture(futures: List<DurableFuture<out T>>): T {
     require(futures.isNotEmpty()) { "awaitFirst needs at least one future" }
     @Suppress("UNCHECKED_CAST")
     val impls = futures.map { it as FutureImpl<out T> }
-    return impls[0].invocation.awaitFirst(impls)
+    return impls[0].invocation.awaits.first(impls)
 }

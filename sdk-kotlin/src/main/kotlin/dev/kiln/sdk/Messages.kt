@@ -52,6 +52,9 @@ internal object ErrorCode {
     const val CANCELLED = 409
     const val JOURNAL_MISMATCH = 570
     const val PROTOCOL_VIOLATION = 571
+
+    /** A context command issued where its journal order would not be deterministic (inside a `run` block, off the handler's coroutines). */
+    const val CONTEXT_MISUSE = 572
 }
 
 internal class Failure(val code: Int, val message: String) {

@@ -109,8 +109,14 @@ public annotation class Retry(val initialIntervalMs: Long = -1, val maxIntervalM
 
 /**
  * The context of every handler: durable side effects, deterministic randomness and the
- * invocation's identity. A context belongs to one invocation attempt; issue its commands
- * sequentially from the handler's coroutine (it is not meant for concurrent use).
+ * invocation's identity. A context belongs to one invocation attempt.
+ *
+ * Commands may be issued from the handler's coroutine and from coroutines it starts without a
+ * dispatcher (`coroutineScope { async { ctx.run(…) } }`): all of them run on one thread of the
+ * invocation, each command takes its journal position when it is issued, and awaits resume one at a
+ * time in an order that is journaled, so a replay repeats the same sequence. A command issued inside
+ * a `run` block, or from another dispatcher or thread, ends the invocation with a terminal error
+ * (code 572) whose message names the fix.
  */
 public sealed interface Context {
     /** The id of this invocation, identical on every attempt. */
@@ -141,6 +147,27 @@ public sealed interface Context {
         serializer: KSerializer<T>,
         block: suspend () -> T,
     ): T
+
+    /**
+     * Starts [block] as the durable step [name] and returns its future at once, so that several
+     * steps run in parallel: `val a = ctx.runAsync("a") { … }; val b = ctx.runAsync("b") { … }`
+     * then `awaitAll(a, b)`. The step takes its journal position when it is started, in program
+     * order; its result (value or [TerminalException]) is journaled as for [run], and the future
+     * completes once the runtime has acknowledged it as durable. On a replay a journaled step is
+     * not run again; its future completes with the recorded result. A step whose block is still
+     * running holds back the journaling (not the execution) of every later command until it ends.
+     *
+     * Any other exception thrown by [block] fails the whole attempt (retryable), as for [run].
+     */
+    public fun <T> runAsync(name: String, serializer: KSerializer<T>, block: suspend () -> T): DurableFuture<T>
+
+    /** [runAsync] with in-process retries of [block], as for `run(name, retryPolicy, …)`. */
+    public fun <T> runAsync(
+        name: String,
+        retryPolicy: RetryPolicy,
+        serializer: KSerializer<T>,
+        block: suspend () -> T,
+    ): DurableFuture<T>
 
     /**
      * A pseudo-random generator seeded from the invocation (`random_seed` of the protocol): it
@@ -261,8 +288,9 @@ public sealed interface WorkflowContext :
 // ---------------------------------------------------------------------------------------------
 
 /**
- * The result of a durable operation ([Context.call], [Context.timer], [Context.awakeable],
- * [DurablePromise.future]) that arrives later. Await it from the handler's coroutine.
+ * The result of a durable operation ([Context.runAsync], [Context.call], [Context.timer],
+ * [Context.awakeable], [DurablePromise.future]) that arrives later. Await it from the handler's
+ * coroutines (see [Context] for the concurrency rule).
  *
  * Awaiting a future whose result is not known yet waits for it at most the runtime's
  * `suspend_after_ms`; then (or at once, for a timer that fires later than that) the invocation
@@ -443,6 +471,19 @@ public suspend inline fun <reified T> Context.run(
     retryPolicy: RetryPolicy,
     noinline block: suspend () -> T,
 ): T = run(name, retryPolicy, serializer<T>(), block)
+
+/**
+ * Reified form of [Context.runAsync]: `val a = ctx.runAsync<String>("fetch-a") { api.fetch("a") }`.
+ */
+public inline fun <reified T> Context.runAsync(name: String, noinline block: suspend () -> T): DurableFuture<T> =
+    runAsync(name, serializer<T>(), block)
+
+/** Reified form of [Context.runAsync] with in-process retries. */
+public inline fun <reified T> Context.runAsync(
+    name: String,
+    retryPolicy: RetryPolicy,
+    noinline block: suspend () -> T,
+): DurableFuture<T> = runAsync(name, retryPolicy, serializer<T>(), block)
 
 /** Reified form of [Context.awakeable]: `val a = ctx.awakeable<String>()`. */
 public inline fun <reified T> Context.awakeable(): Awakeable<T> = awakeable(serializer<T>())
