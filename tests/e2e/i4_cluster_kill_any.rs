@@ -148,10 +148,7 @@ fn i4_i_no_acknowledged_change_is_lost_to_a_kill() {
             load.wait_more(200, Duration::from_secs(120)).await?;
             load.stop();
             let report = load.finish().await?;
-            println!("i4_i: {} adds: {:?}", report.results.len(), report.histogram());
-            let expected = resend_failed(&cluster, "i4_i", &nginx.url(), &report).await?;
-            verify_counter_totals(&cluster.http, &nginx.url(), &expected).await?;
-            println!("i4_i: all {KEYS} totals exact");
+            check_totals_after_resend(&cluster, "i4_i", &nginx.url(), &report).await?;
             cluster.print_issues("i4_i");
             Ok::<_, anyhow::Error>(())
         },

@@ -81,10 +81,7 @@ fn i4_g_rebalance_resumes_after_its_leader_or_target_dies() {
             load.wait_more(300, Duration::from_secs(120)).await?;
             load.stop();
             let report = load.finish().await?;
-            println!("i4_g: {} adds: {:?}", report.results.len(), report.histogram());
-            let expected = resend_failed(&cluster, "i4_g", &nginx.url(), &report).await?;
-            verify_counter_totals(&cluster.http, &nginx.url(), &expected).await?;
-            println!("i4_g: all {KEYS} totals exact");
+            check_totals_after_resend(&cluster, "i4_g", &nginx.url(), &report).await?;
             cluster.print_issues("i4_g");
             Ok::<_, anyhow::Error>(())
         },

@@ -793,3 +793,13 @@ pub async fn resend_failed(
     }
     Ok(keys.into_iter().map(|(k, ids)| (k, ids.len())).collect())
 }
+
+/// The end of a load with idempotency keys: every failed add sent again with its key until it
+/// succeeds, then every key's total must be exactly its distinct adds.
+pub async fn check_totals_after_resend(cluster: &Cluster, test: &str, base: &str, report: &LoadReport) -> Result<()> {
+    println!("{test}: {} adds: {:?}", report.results.len(), report.histogram());
+    let expected = resend_failed(cluster, test, base, report).await?;
+    verify_counter_totals(&cluster.http, base, &expected).await?;
+    println!("{test}: all {} totals exact", expected.len());
+    Ok(())
+}
