@@ -24,6 +24,16 @@ class Parallel(private val gated: Set<String> = emptySet()) {
 
     fun release(name: String) = gate(name).countDown()
 
+    /** Releases [name] and waits until its block has finished: fixes the finishing order. */
+    fun finish(name: String) {
+        release(name)
+        val deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10)
+        while (name !in executed) {
+            check(System.nanoTime() < deadline) { "step $name did not finish" }
+            Thread.sleep(1)
+        }
+    }
+
     private fun step(name: String): String {
         if (name in gated) check(gate(name).await(10, TimeUnit.SECONDS)) { "step $name was never released" }
         executed.add(name)

@@ -31,7 +31,7 @@ class ParallelInvocationTest {
         Transcript(svc, "twoAsync").use { t ->
             t.start()
             t.input(null)
-            svc.release("b")
+            svc.finish("b")
             t.expectNoFrame(300) // b is done but waits for a, which comes first in the journal
             svc.release("a")
             assertEquals(listOf("1 run a", "2 run b"), t.entries(2))
@@ -51,8 +51,7 @@ class ParallelInvocationTest {
                 t.start()
                 t.input(null)
                 for (name in order) {
-                    svc.release(name.toString())
-                    Thread.sleep(20)
+                    svc.finish(name.toString())
                 }
                 assertEquals(listOf("1 run a", "2 run b", "3 run c", "4 run d"), t.entries(4), "finishing order $order")
                 t.ack(4)
