@@ -167,9 +167,9 @@ async fn objects(query: web::Query<ObjectsQuery>, node: web::Data<Node>) -> Http
             let list = if m.id == node.cluster.node_id {
                 Ok(node.objects.active())
             } else {
-                let fetch = client::objects(&m.peer_addr);
-                let stopped = || Err(client::PeerError::Other("stopped answering".into()));
-                node.cluster.while_alive(&m.id, fetch).await.unwrap_or_else(stopped)
+                node.cluster
+                    .call_while_alive(&m.id, client::objects(&m.peer_addr))
+                    .await
             };
             (m.id.clone(), list)
         }

@@ -173,9 +173,8 @@ pub async fn wait_output(node: &Arc<Node>, id: InvocationId) -> Result<Option<Ou
             }
             Placement::Remote(peer) => match node
                 .cluster
-                .while_alive(&peer.id, client::output(&peer.peer_addr, id))
+                .call_while_alive(&peer.id, client::output(&peer.peer_addr, id))
                 .await
-                .unwrap_or_else(|| Err(client::PeerError::Other("it stopped answering".into())))
             {
                 Ok(RemoteOutput::Output(o)) => return Ok(Some(o)),
                 Ok(RemoteOutput::NotFound) => return Ok(None),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::node::Node;
-use crate::placement::client::{self, ImportRequest, MembershipChange, PeerError};
+use crate::placement::client::{self, ImportRequest, MembershipChange};
 use crate::placement::{Member, MemberState, Membership, RebalanceError};
 use crate::storage::{PartitionState, StorageError, Table, WriteBatch};
 
@@ -172,9 +172,8 @@ impl Node {
                     // failed one (its late answer, if any, is refused by epoch).
                     Some(m) => self
                         .cluster
-                        .while_alive(&source, client::handoff(&m.peer_addr, current.epoch, &next))
+                        .call_while_alive(&source, client::handoff(&m.peer_addr, current.epoch, &next))
                         .await
-                        .unwrap_or_else(|| Err(PeerError::Other("stopped answering".into())))
                         .map_err(|e| RebalanceError::Peer {
                             peer: source.clone(),
                             message: e.to_string(),
@@ -276,9 +275,8 @@ impl Node {
                     // A target that stops answering fails the copy (the partitions are served
                     // here again) instead of holding them frozen.
                     self.cluster
-                        .while_alive(target, client::import(&addr, &request))
+                        .call_while_alive(target, client::import(&addr, &request))
                         .await
-                        .unwrap_or_else(|| Err(PeerError::Other("stopped answering".into())))
                         .map_err(|e| RebalanceError::Peer {
                             peer: target.clone(),
                             message: e.to_string(),

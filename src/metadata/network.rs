@@ -106,7 +106,9 @@ impl MetaPeer {
                 PeerError::Unreachable(m) => CallError::Unreachable(m),
                 // The replica is not running its group (starting, stopping): back off.
                 PeerError::Refused { status: 503, message } => CallError::Unreachable(message),
-                e @ (PeerError::Refused { .. } | PeerError::Other(_)) => CallError::Network(e.to_string()),
+                e @ (PeerError::Refused { .. } | PeerError::Unresponsive | PeerError::Other(_)) => {
+                    CallError::Network(e.to_string())
+                }
             })?;
         rmp_serde::from_slice(&body).map_err(|e| CallError::Network(format!("malformed answer: {e}")))
     }

@@ -68,6 +68,9 @@ pub enum PeerError {
     Unreachable(String),
     #[error("answered {status}: {message}")]
     Refused { status: u16, message: String },
+    /// Found dead (no ping answer) while this call waited for it.
+    #[error("stopped answering")]
+    Unresponsive,
     #[error("{0}")]
     Other(String),
 }

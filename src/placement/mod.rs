@@ -307,6 +307,18 @@ impl Cluster {
         }
     }
 
+    /// [`Cluster::while_alive`] for a node-to-node call: a peer found dead is
+    /// `PeerError::Unresponsive`.
+    pub async fn call_while_alive<T>(
+        &self,
+        id: &str,
+        call: impl Future<Output = Result<T, client::PeerError>>,
+    ) -> Result<T, client::PeerError> {
+        self.while_alive(id, call)
+            .await
+            .unwrap_or(Err(client::PeerError::Unresponsive))
+    }
+
     /// Runs `work` (a request to peer `id`) unless `id` is found dead first: `None` then. What
     /// bounds every wait on another node — a paused node costs a caller ≤ ~1.6 s, while a long
     /// answer from a live one is waited for in full.
