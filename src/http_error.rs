@@ -8,6 +8,8 @@ use crate::storage::StorageError;
 
 /// Names the invocation a request created or found (answers of ingress and admin).
 pub const INVOCATION_ID_HEADER: &str = "x-kiln-invocation-id";
+/// The same id under Restate's name, so Restate clients find it.
+pub const RESTATE_ID_HEADER: &str = "x-restate-id";
 /// Set on a 503 that means "the partition is moving; route again".
 pub const MOVING_HEADER: &str = "x-kiln-moving";
 

@@ -205,28 +205,22 @@ struct LatestQuery {
     limit: Option<usize>,
 }
 
-/// The newest `limit` invocations (filtered like `GET /invocations`) across reachable members.
-async fn invocations(req: HttpRequest, latest: web::Query<LatestQuery>, node: web::Data<Node>) -> HttpResponse {
+/// `GET {path}` on the admin API of every member (this one included), each answer bounded by
+/// the member's liveness: (member id, its JSON answer, `None` when unreachable or not JSON).
+pub(super) async fn fan_out(node: &Arc<Node>, path: &str) -> Vec<(String, Option<Value>)> {
     let membership = node.cluster.membership();
-    let limit = latest.limit.unwrap_or(50).clamp(1, 1000);
-    let limit_param = format!("limit={limit}");
-    let query: String = req
-        .query_string()
-        .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("limit=") && !p.starts_with("newest="))
-        .chain([limit_param.as_str(), "newest=true"])
-        .collect::<Vec<_>>()
-        .join("&");
-    let fetches = membership.members.iter().filter_map(|m| {
+    let fetches = membership.members.iter().map(|m| {
         let admin = if m.id == node.cluster.node_id {
             Some(node.config.admin_addr.to_string())
         } else {
             node.cluster.peer(&m.id).filter(|p| p.alive).and_then(|p| p.admin_addr)
         };
-        let query = query.clone();
         let node = node.clone();
-        admin.map(|admin| async move {
-            let url = format!("http://{admin}/invocations?{query}");
+        async move {
+            let Some(admin) = admin else {
+                return (m.id.clone(), None);
+            };
+            let url = format!("http://{admin}{path}");
             let fetch = async {
                 let answer = client::http()
                     .get(url)
@@ -240,10 +234,25 @@ async fn invocations(req: HttpRequest, latest: web::Query<LatestQuery>, node: we
                 m.id.clone(),
                 body.and_then(|b| serde_json::from_slice::<Value>(&b).ok()),
             )
-        })
+        }
     });
+    futures_util::future::join_all(fetches).await
+}
+
+/// The newest `limit` invocations (filtered like `GET /invocations`) across reachable members.
+async fn invocations(req: HttpRequest, latest: web::Query<LatestQuery>, node: web::Data<Node>) -> HttpResponse {
+    let limit = latest.limit.unwrap_or(50).clamp(1, 1000);
+    let limit_param = format!("limit={limit}");
+    let query: String = req
+        .query_string()
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("limit=") && !p.starts_with("newest="))
+        .chain([limit_param.as_str(), "newest=true"])
+        .collect::<Vec<_>>()
+        .join("&");
+    let pages = fan_out(&node.into_inner(), &format!("/invocations?{query}")).await;
     let mut items: Vec<Value> = Vec::new();
-    for (id, page) in futures_util::future::join_all(fetches).await {
+    for (id, page) in pages {
         for mut item in page
             .and_then(|p| p["invocations"].as_array().cloned())
             .into_iter()

@@ -1,4 +1,5 @@
-//! Admin API: register deployments, list services, inspect invocations, health.
+//! Admin API: services, invocations (inspect, cancel, kill), health, metrics; deployments in
+//! `deployments`, the cluster in `cluster`, the web UI in `ui`.
 
 use std::sync::atomic::Ordering;
 
@@ -8,15 +9,16 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 mod cluster;
+mod deployments;
 mod ui;
 
 use crate::cluster::forward::{self, Listener};
 use crate::http_error::ApiError;
-use crate::ids::{stable_hash, InvocationId};
+use crate::ids::InvocationId;
 use crate::journal::{Entry, Output};
 use crate::node::ControlError;
 use crate::node::Node;
-use crate::storage::{now_ms, DeploymentRecord, InvocationRecord, InvocationStatus};
+use crate::storage::{InvocationRecord, InvocationStatus};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
@@ -25,8 +27,6 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             .error_handler(crate::http_error::json_config_error),
     )
     .route("/health", web::get().to(health))
-    .route("/deployments", web::post().to(register_deployment))
-    .route("/deployments", web::get().to(list_deployments))
     .route("/services", web::get().to(list_services))
     .route("/invocations", web::get().to(list_invocations))
     .route("/invocations/{id}", web::get().to(get_invocation))
@@ -39,6 +39,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         web::patch().to(|r, p, n| control_invocation(r, p, n, Control::Kill)),
     )
     .route("/metrics", web::get().to(metrics))
+    .configure(deployments::config)
     .configure(cluster::config)
     .configure(ui::config)
     .default_service(web::to(|req: HttpRequest| async move {
@@ -74,62 +75,6 @@ async fn metrics(node: web::Data<Node>) -> HttpResponse {
         node.objects.active().len(),
     );
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
-}
-
-#[derive(Deserialize)]
-struct RegisterDeployment {
-    uri: String,
-}
-
-fn deployment_json(d: &DeploymentRecord) -> Value {
-    json!({ "id": d.id, "uri": d.uri, "services": d.services, "registeredAtMs": d.registered_at_ms })
-}
-
-async fn register_deployment(
-    body: web::Json<RegisterDeployment>,
-    node: web::Data<Node>,
-) -> Result<HttpResponse, ApiError> {
-    let uri = body.uri.trim_end_matches('/').to_owned();
-    if !(uri.starts_with("http://") || uri.starts_with("https://")) {
-        return Err(ApiError::bad_request(format!(
-            "uri {uri:?} must start with http:// or https://"
-        )));
-    }
-    let services = crate::schema::discover(&uri).await.map_err(|e| match e {
-        crate::schema::DiscoveryError::Unreachable { .. } => ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()),
-        crate::schema::DiscoveryError::Invalid { .. } => ApiError::bad_request(e.to_string()),
-    })?;
-    let id = format!("dp_{:016x}", stable_hash(&[uri.as_bytes()]));
-    let existing = node.schema.snapshot().deployments.iter().find(|d| d.id == id).cloned();
-    if let Some(d) = existing.as_ref().filter(|d| d.services == services) {
-        return Ok(HttpResponse::Ok().json(deployment_json(d)));
-    }
-    let record = DeploymentRecord {
-        id: id.clone(),
-        uri,
-        services,
-        registered_at_ms: now_ms(),
-    };
-    // Acknowledged once the metadata group committed it: every node gets it, one that is
-    // down once it is back.
-    node.clone()
-        .into_inner()
-        .register_deployment(record.clone())
-        .await
-        .map_err(|e| ApiError::unavailable(format!("deployment {id} not registered: {e}; retry")))?;
-    tracing::info!(deployment = %id, uri = %record.uri, services = record.services.len(), "admin.deployment_registered");
-    let status = if existing.is_some() {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok(HttpResponse::build(status).json(deployment_json(&record)))
-}
-
-async fn list_deployments(node: web::Data<Node>) -> HttpResponse {
-    let schema = node.schema.snapshot();
-    HttpResponse::Ok()
-        .json(json!({ "deployments": schema.deployments.iter().map(deployment_json).collect::<Vec<_>>() }))
 }
 
 async fn list_services(node: web::Data<Node>) -> HttpResponse {

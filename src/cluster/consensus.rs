@@ -13,7 +13,29 @@ use std::time::Duration;
 use crate::metadata::{propose_at, replica_id, replicas_of, MetaCommand, MetaError, MetaResponse};
 use crate::node::Node;
 use crate::placement::{MemberState, Membership, RebalanceError};
+use crate::schema::versions::{self, Registration};
 use crate::storage::{encode, keys, DeploymentRecord, StorageError, Table, WriteBatch};
+
+/// Why a deployment change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum DeploymentError {
+    /// By the rules of versioned deployments (409).
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The metadata group did not commit it (503: retry).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<RebalanceError> for DeploymentError {
+    fn from(e: RebalanceError) -> Self {
+        DeploymentError::Unavailable(e.to_string())
+    }
+}
 
 /// How long a proposal waits out an election or an unreachable leader.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,23 +79,72 @@ impl Node {
         }
     }
 
-    /// Registers `record` cluster-wide: committed by the metadata group, then installed here
-    /// (the other nodes install it as they follow the group). A node alone, which has no group,
-    /// installs it only; the group it starts when a node joins holds it.
-    pub async fn register_deployment(self: &Arc<Self>, record: DeploymentRecord) -> Result<(), RebalanceError> {
-        if self.cluster.is_clustered() || self.metadata.is_initialized().await {
-            let command = MetaCommand::RegisterDeployment { record: record.clone() };
+    /// Registers `record` cluster-wide by the rules of `schema::versions`: committed by the
+    /// metadata group (which applies the rule to the committed deployments), then installed
+    /// here (the other nodes install it as they follow the group). A node alone, which has no
+    /// group, applies the rule and installs it only; the group it starts when a node joins
+    /// holds it.
+    pub async fn register_deployment(
+        self: &Arc<Self>,
+        record: DeploymentRecord,
+        force: bool,
+    ) -> Result<Registration, DeploymentError> {
+        let _alone = self.deployment_changes.lock().await;
+        let registered = self.schema.snapshot().deployments.clone();
+        let registration =
+            versions::register(&registered, &record, force).map_err(|e| DeploymentError::Refused(e.to_string()));
+        let record = if self.has_group().await {
+            // The group applies the rule to the committed deployments and answers with the
+            // record it holds; the check above was only this node's view.
+            let command = MetaCommand::RegisterDeployment { record, force };
             match self.propose(command).await? {
+                MetaResponse::Registered { record } => record,
+                MetaResponse::Conflict { reason } => return Err(DeploymentError::Refused(reason)),
+                other => return Err(DeploymentError::Unavailable(format!("refused: {other:?}"))),
+            }
+        } else {
+            match registration? {
+                Registration::Unchanged => return Ok(Registration::Unchanged),
+                _ => record,
+            }
+        };
+        let registration = match registered.iter().find(|d| d.id == record.id) {
+            None => Registration::Create,
+            Some(d) if *d == record => Registration::Unchanged,
+            Some(d) if d.services == record.services => Registration::Promote,
+            Some(_) => Registration::Replace,
+        };
+        self.install_deployment(record).await?;
+        Ok(registration)
+    }
+
+    /// Removes deployment `id`, which `pinned` unfinished invocations are pinned to (refused
+    /// unless `force`): committed by the group, then dropped here (and by every node).
+    pub async fn remove_deployment(
+        self: &Arc<Self>,
+        id: &str,
+        pinned: u64,
+        force: bool,
+    ) -> Result<(), DeploymentError> {
+        let _alone = self.deployment_changes.lock().await;
+        versions::remove(&self.schema.snapshot().deployments, id, pinned, force).map_err(|e| match e {
+            versions::VersionError::NotFound(_) => DeploymentError::NotFound(e.to_string()),
+            _ => DeploymentError::Refused(e.to_string()),
+        })?;
+        if self.has_group().await {
+            match self
+                .propose(MetaCommand::RemoveDeployment { id: id.to_owned() })
+                .await?
+            {
                 MetaResponse::Applied { .. } => {}
-                other => {
-                    return Err(RebalanceError::Peer {
-                        peer: "metadata group".into(),
-                        message: format!("refused: {other:?}"),
-                    })
-                }
+                other => return Err(DeploymentError::Unavailable(format!("refused: {other:?}"))),
             }
         }
-        Ok(self.install_deployment(record).await?)
+        Ok(self.uninstall_deployment(id).await?)
+    }
+
+    async fn has_group(&self) -> bool {
+        self.cluster.is_clustered() || self.metadata.is_initialized().await
     }
 
     /// Persists `record` in this node's deployments and serves it.
@@ -86,6 +157,19 @@ impl Node {
         self.store.log.append(batch).await?;
         tracing::info!(deployment = %record.id, uri = %record.uri, "cluster.deployment_installed");
         self.schema.upsert(record);
+        Ok(())
+    }
+
+    /// Deletes this node's copy of deployment `id` and stops serving it.
+    pub(crate) async fn uninstall_deployment(&self, id: &str) -> Result<(), StorageError> {
+        if !self.schema.snapshot().deployments.iter().any(|d| d.id == id) {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::Deployments, keys::deployment(id));
+        self.store.log.append(batch).await?;
+        tracing::info!(deployment = %id, "cluster.deployment_removed");
+        self.schema.remove(id);
         Ok(())
     }
 
@@ -195,6 +279,11 @@ impl Node {
             for record in state.deployments {
                 if let Err(e) = self.install_deployment(record).await {
                     tracing::error!(error = %e, "cannot install a committed deployment");
+                }
+            }
+            for id in &state.removed_deployments {
+                if let Err(e) = self.uninstall_deployment(id).await {
+                    tracing::error!(error = %e, "cannot remove a deployment the group removed");
                 }
             }
             let Some(membership) = state.membership else {

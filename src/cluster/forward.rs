@@ -16,7 +16,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 
-use crate::http_error::{error_body, ApiError, INVOCATION_ID_HEADER, MOVING_HEADER};
+use crate::http_error::{error_body, ApiError, INVOCATION_ID_HEADER, MOVING_HEADER, RESTATE_ID_HEADER};
 use crate::ids::InvocationId;
 use crate::journal::Output;
 use crate::node::{Node, Waited};
@@ -29,7 +29,7 @@ pub const FORWARDED_HEADER: &str = "x-kiln-ring-epoch";
 const MOVE_WAIT: Duration = Duration::from_secs(30);
 /// Headers relayed in both directions.
 const RELAYED_REQUEST_HEADERS: [&str; 3] = ["content-type", "idempotency-key", "accept"];
-const RELAYED_RESPONSE_HEADERS: [&str; 3] = ["content-type", INVOCATION_ID_HEADER, "retry-after"];
+const RELAYED_RESPONSE_HEADERS: [&str; 4] = ["content-type", INVOCATION_ID_HEADER, RESTATE_ID_HEADER, "retry-after"];
 
 /// Which listener of the owner a request goes to.
 #[derive(Clone, Copy)]

@@ -8,6 +8,7 @@
 //! two owners. A node learns newer memberships by gossip; the highest epoch wins.
 
 mod consensus;
+pub use consensus::DeploymentError;
 pub mod forward;
 mod gossip;
 mod handoff;

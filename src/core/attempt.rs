@@ -29,7 +29,12 @@ pub fn failed(record: &InvocationRecord, error: String, now_ms: u64, delay_ms: u
     if max_attempts != 0 && record.attempts >= max_attempts {
         return Retry::GiveUp(Failure {
             code: codes::RETRIES_EXHAUSTED,
-            message: format!("gave up after {} attempts; last error: {error}", record.attempts),
+            // The first line: a stack trace belongs in `lastError`, not in the caller's failure.
+            message: format!(
+                "gave up after {} attempts; last error: {}",
+                record.attempts,
+                error.lines().next().unwrap_or_default()
+            ),
         });
     }
     let mut backing_off = record.clone();

@@ -222,7 +222,7 @@ pub struct IdempotencyRecord {
 }
 
 /// One row of `deployments`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeploymentRecord {
     pub id: String,
     pub uri: String,
@@ -230,7 +230,7 @@ pub struct DeploymentRecord {
     pub registered_at_ms: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ServiceRecord {
     pub name: String,
     pub kind: ServiceKind,
@@ -245,7 +245,7 @@ pub enum ServiceKind {
     Workflow,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HandlerRecord {
     pub name: String,
     /// `exclusive`, `shared` or `workflow` (always `shared` for a stateless service).

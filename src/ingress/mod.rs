@@ -20,7 +20,7 @@ use crate::journal::Output;
 use crate::node::{Node, Request};
 use crate::storage::{HandlerKind, ServiceKind};
 
-pub use crate::http_error::INVOCATION_ID_HEADER;
+pub use crate::http_error::{INVOCATION_ID_HEADER, RESTATE_ID_HEADER};
 const IDEMPOTENCY_KEY_MAX_BYTES: usize = 256;
 const OBJECT_KEY_MAX_BYTES: usize = 1024;
 
@@ -47,23 +47,33 @@ impl OwnedResponse for ApiError {
     }
 }
 
-/// The HTTP response for a finished invocation.
+/// The HTTP response for a finished invocation. A failure answers with its own code as the
+/// status, as Restate does (a `TerminalException(422)` is a 422), when that is an HTTP error
+/// status; other codes answer 500. The body is `{code, message}` either way.
 pub fn output_response(id: InvocationId, output: &Output) -> HttpResponse {
-    match output {
-        Output::Value(v) => HttpResponse::Ok()
-            .content_type("application/json")
-            .insert_header((INVOCATION_ID_HEADER, id.to_string()))
-            .body(v.clone()),
-        Output::Failure(f) => {
-            let mut r = error_body(StatusCode::INTERNAL_SERVER_ERROR, f.code, &f.message);
-            if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id.to_string()) {
-                r.headers_mut().insert(
-                    actix_web::http::header::HeaderName::from_static(INVOCATION_ID_HEADER),
-                    v,
-                );
-            }
-            r
-        }
+    let mut r = match output {
+        Output::Value(v) => HttpResponse::Ok().content_type("application/json").body(v.clone()),
+        Output::Failure(f) => error_body(failure_status(f.code), f.code, &f.message),
+    };
+    name_invocation(&mut r, id);
+    r
+}
+
+/// The status a failure with `code` answers: the code itself when it is a 4xx or 5xx.
+pub fn failure_status(code: u16) -> StatusCode {
+    match StatusCode::from_u16(code) {
+        Ok(status) if (400..=599).contains(&code) => status,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Names the invocation in an answer, under Kiln's header and Restate's.
+fn name_invocation(r: &mut HttpResponse, id: InvocationId) {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+        r.headers_mut()
+            .insert(HeaderName::from_static(INVOCATION_ID_HEADER), v.clone());
+        r.headers_mut().insert(HeaderName::from_static(RESTATE_ID_HEADER), v);
     }
 }
 
@@ -217,9 +227,10 @@ async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) 
             } else {
                 "Accepted"
             };
-            return Ok(
-                HttpResponse::Accepted().json(json!({ "invocationId": submitted.id.to_string(), "status": status }))
-            );
+            let mut r =
+                HttpResponse::Accepted().json(json!({ "invocationId": submitted.id.to_string(), "status": status }));
+            name_invocation(&mut r, submitted.id);
+            return Ok(r);
         }
         let Some(output) = submitted.output else {
             return wait_for(&node, submitted.id).await;
@@ -251,7 +262,8 @@ async fn wait_for(node: &Arc<Node>, id: InvocationId) -> Result<HttpResponse, Ap
     }
 }
 
-/// `?delay=10s` (also `500ms`, `2m`, `1h`, or plain milliseconds), only with `/send`.
+/// `?delay=10s` (also `500ms`, `2m`, `1h`, plain milliseconds, or ISO-8601 such as `PT10S`),
+/// only with `/send`.
 fn parse_delay(query: &str, send: bool) -> Result<Option<std::time::Duration>, ApiError> {
     let mut delay = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -262,28 +274,94 @@ fn parse_delay(query: &str, send: bool) -> Result<Option<std::time::Duration>, A
         if !send {
             return Err(ApiError::bad_request("delay is only allowed with /send"));
         }
-        let (digits, unit_ms) = match value {
-            v if v.ends_with("ms") => (&v[..v.len() - 2], 1),
-            v if v.ends_with('s') => (&v[..v.len() - 1], 1_000),
-            v if v.ends_with('m') => (&v[..v.len() - 1], 60_000),
-            v if v.ends_with('h') => (&v[..v.len() - 1], 3_600_000),
-            v => (v, 1),
-        };
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("malformed delay {value:?}: use e.g. 10s, 500ms, 2m, 1h")))?;
-        let ms = n
-            .checked_mul(unit_ms)
-            .filter(|ms| *ms <= crate::journal::DELAY_MS_MAX)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "delay {value:?} is beyond the longest supported delay ({} days)",
-                    crate::journal::DELAY_MS_MAX / 86_400_000
-                ))
-            })?;
+        let value = percent_decode_str(value).decode_utf8_lossy();
+        let ms = delay_ms(&value).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "malformed delay {value:?}: use e.g. 10s, 500ms, 2m, 1h or ISO-8601 (PT10S, P1DT2H)"
+            ))
+        })?;
+        if ms > crate::journal::DELAY_MS_MAX {
+            return Err(ApiError::bad_request(format!(
+                "delay {value:?} is beyond the longest supported delay ({} days)",
+                crate::journal::DELAY_MS_MAX / 86_400_000
+            )));
+        }
         delay = Some(std::time::Duration::from_millis(ms));
     }
     Ok(delay)
+}
+
+/// A delay in milliseconds: `10s`, `500ms`, `2m`, `1h`, `1500` (ms), or an ISO-8601 duration
+/// of days, hours, minutes and (fractional) seconds (`PT10S`, `PT0.5S`, `P1DT2H30M`).
+/// `None` when malformed or too large for a u64.
+fn delay_ms(value: &str) -> Option<u64> {
+    if let Some(iso) = value.strip_prefix('P').or_else(|| value.strip_prefix('p')) {
+        return iso_duration_ms(iso);
+    }
+    let (digits, unit_ms) = match value {
+        v if v.ends_with("ms") => (&v[..v.len() - 2], 1),
+        v if v.ends_with('s') => (&v[..v.len() - 1], 1_000),
+        v if v.ends_with('m') => (&v[..v.len() - 1], 60_000),
+        v if v.ends_with('h') => (&v[..v.len() - 1], 3_600_000),
+        v => (v, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(unit_ms)
+}
+
+/// The part of an ISO-8601 duration after `P`: `[nD][T[nH][nM][n[.f]S]]`.
+fn iso_duration_ms(iso: &str) -> Option<u64> {
+    let (date, time) = match iso.split_once(['T', 't']) {
+        Some((d, t)) if !t.is_empty() => (d, Some(t)),
+        Some(_) => return None,
+        None => (iso, None),
+    };
+    let mut total: u64 = 0;
+    let mut add = |number: &str, unit_ms: f64| -> Option<()> {
+        if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return None;
+        }
+        let ms = number.parse::<f64>().ok()? * unit_ms;
+        if !ms.is_finite() || ms > u64::MAX as f64 {
+            return None;
+        }
+        total = total.checked_add(ms.round() as u64)?;
+        Some(())
+    };
+    let mut rest = date;
+    if !rest.is_empty() {
+        rest = rest.strip_suffix(['D', 'd'])?;
+        add(rest, 86_400_000.0)?;
+    }
+    if let Some(time) = time {
+        let mut number = String::new();
+        let mut seen = String::new();
+        for c in time.chars() {
+            let unit = match c.to_ascii_uppercase() {
+                'H' => 3_600_000.0,
+                'M' => 60_000.0,
+                'S' => 1_000.0,
+                _ => {
+                    number.push(c);
+                    continue;
+                }
+            };
+            let u = c.to_ascii_uppercase();
+            // Units once each, in order (H, M, S); only seconds may be fractional.
+            if seen.contains(u) || seen.chars().any(|s| "HMS".find(s) > "HMS".find(u)) {
+                return None;
+            }
+            if u != 'S' && number.contains('.') {
+                return None;
+            }
+            seen.push(u);
+            add(&number, unit)?;
+            number.clear();
+        }
+        if !number.is_empty() {
+            return None;
+        }
+    }
+    (!date.is_empty() || time.is_some()).then_some(total)
 }
 
 fn parse_id(raw: &str) -> Result<InvocationId, ApiError> {
@@ -321,5 +399,60 @@ async fn output_of(node: &Node, id: InvocationId) -> Result<HttpResponse, ApiErr
                 &format!("invocation {id} has not completed yet"),
             )),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_in_both_notations() {
+        // (query value, milliseconds or None when refused)
+        let table: &[(&str, Option<u64>)] = &[
+            ("1500", Some(1500)),
+            ("500ms", Some(500)),
+            ("10s", Some(10_000)),
+            ("2m", Some(120_000)),
+            ("1h", Some(3_600_000)),
+            ("PT10S", Some(10_000)),
+            ("PT0.5S", Some(500)),
+            ("PT1M30S", Some(90_000)),
+            ("P1DT2H", Some(93_600_000)),
+            ("P2D", Some(172_800_000)),
+            ("pt3s", Some(3_000)),
+            ("PT", None),
+            ("P", None),
+            ("PT1.5M", None),
+            ("PT10S5M", None),
+            ("PT1H1H", None),
+            ("PT10", None),
+            ("P1W", None),
+            ("10x", None),
+            ("", None),
+            ("-5s", None),
+        ];
+        for (value, want) in table {
+            assert_eq!(delay_ms(value), *want, "{value}");
+        }
+    }
+
+    #[test]
+    fn failures_answer_their_own_status() {
+        // (failure code, HTTP status)
+        let table: &[(u16, u16)] = &[
+            (422, 422),
+            (400, 400),
+            (409, 409),
+            (500, 500),
+            (570, 570),
+            (0, 500),
+            (200, 500),
+            (1000, 500),
+            (600, 500),
+        ];
+        for (code, status) in table {
+            assert_eq!(failure_status(*code).as_u16(), *status, "{code}");
+        }
     }
 }

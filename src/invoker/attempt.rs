@@ -199,7 +199,7 @@ impl Attempt<'_> {
                                     Err(e) => return violation(format!("undecodable ERROR frame: {e}")),
                                 };
                                 return if error.retryable {
-                                    AttemptOutcome::Retryable(format!("handler failed: {}", error.message))
+                                    AttemptOutcome::Retryable(error.last_error())
                                 } else {
                                     AttemptOutcome::Fatal(Failure { code: error.code, message: error.message })
                                 };

@@ -48,6 +48,32 @@ pub struct ErrorFrame {
     pub retryable: bool,
     #[serde(default)]
     pub index: Option<u32>,
+    /// The failure's stack trace as the SDK printed it (kept with the invocation's last error).
+    #[serde(default)]
+    pub stacktrace: Option<String>,
+}
+
+/// Most of an SDK's stack trace kept in an invocation's last error.
+pub const STACKTRACE_MAX_BYTES: usize = 16 * 1024;
+
+impl ErrorFrame {
+    /// The retryable error as the invocation's last error: the message, then the stack trace
+    /// (cut at `STACKTRACE_MAX_BYTES`, on a character boundary).
+    pub fn last_error(&self) -> String {
+        let mut text = format!("handler failed: {}", self.message);
+        if let Some(trace) = self.stacktrace.as_deref().filter(|t| !t.trim().is_empty()) {
+            let mut end = trace.len().min(STACKTRACE_MAX_BYTES);
+            while !trace.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.push('\n');
+            text.push_str(&trace[..end]);
+            if end < trace.len() {
+                text.push_str("\n… (stack trace cut)");
+            }
+        }
+        text
+    }
 }
 
 /// Encodes one frame.
@@ -123,6 +149,36 @@ impl Decoder {
 mod tests {
     use super::*;
     use crate::journal::{Entry, IndexedEntry};
+
+    #[test]
+    fn a_stack_trace_follows_the_message_cut_to_its_bound() {
+        let error = |trace: Option<String>| ErrorFrame {
+            code: 500,
+            message: "IllegalStateException: boom".into(),
+            retryable: true,
+            index: None,
+            stacktrace: trace,
+        };
+        // (stack trace, expected last error)
+        let long = "é".repeat(STACKTRACE_MAX_BYTES); // 2 bytes each: cut mid-way, on a boundary
+        let cut = format!("{}\n… (stack trace cut)", "é".repeat(STACKTRACE_MAX_BYTES / 2));
+        let table: Vec<(Option<String>, String)> = vec![
+            (None, "handler failed: IllegalStateException: boom".into()),
+            (Some("  ".into()), "handler failed: IllegalStateException: boom".into()),
+            (
+                Some("java.lang.IllegalStateException: boom\n\tat A.b(A.kt:3)".into()),
+                "handler failed: IllegalStateException: boom\njava.lang.IllegalStateException: boom\n\tat A.b(A.kt:3)"
+                    .into(),
+            ),
+            (
+                Some(long),
+                format!("handler failed: IllegalStateException: boom\n{cut}"),
+            ),
+        ];
+        for (trace, want) in table {
+            assert_eq!(error(trace).last_error(), want);
+        }
+    }
 
     #[test]
     fn frames_split_across_chunks() {

@@ -18,6 +18,9 @@ pub struct MetaState {
     pub membership: Option<Membership>,
     #[serde(default)]
     pub deployments: Vec<DeploymentRecord>,
+    /// Ids of deployments removed (each node drops its copy); cleared by registering it again.
+    #[serde(default)]
+    pub removed_deployments: Vec<String>,
 }
 
 /// A change proposed to the group.
@@ -34,9 +37,17 @@ pub enum MetaCommand {
         #[serde(default)]
         deployments: Vec<DeploymentRecord>,
     },
-    /// Add a deployment, or replace the one with its id (the same URI discovered again).
-    /// Needs no condition: a registration depends on no other state.
-    RegisterDeployment { record: DeploymentRecord },
+    /// Add a deployment, or make it the newest again (the same URI and discovery), or — only
+    /// with `force` — replace the one with its id whose discovery differs (`schema::versions`).
+    /// Conditioned on the deployments alone, checked here so concurrent registrations at two
+    /// nodes cannot both pass.
+    RegisterDeployment {
+        record: DeploymentRecord,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Remove a deployment (the caller checked that no invocation is pinned to it, or forced).
+    RemoveDeployment { id: String },
 }
 
 impl fmt::Display for MetaCommand {
@@ -46,7 +57,8 @@ impl fmt::Display for MetaCommand {
                 write!(f, "SetMembership({base_epoch} → {})", next.epoch)
             }
             MetaCommand::Bootstrap { membership, .. } => write!(f, "Bootstrap({})", membership.epoch),
-            MetaCommand::RegisterDeployment { record } => write!(f, "RegisterDeployment({})", record.id),
+            MetaCommand::RegisterDeployment { record, .. } => write!(f, "RegisterDeployment({})", record.id),
+            MetaCommand::RemoveDeployment { id } => write!(f, "RemoveDeployment({id})"),
         }
     }
 }
@@ -60,6 +72,11 @@ pub enum MetaResponse {
     Stale { current_epoch: u64 },
     /// Not applied: `next` does not follow `base_epoch`.
     Invalid { reason: String },
+    /// A registration applied: the deployment as the group holds it now (an unchanged one keeps
+    /// its first registration time).
+    Registered { record: DeploymentRecord },
+    /// Not applied: it conflicts with the state (a changed deployment registered without force).
+    Conflict { reason: String },
     /// A log entry without a command (a new leader's blank entry, a Raft membership change).
     Nothing,
 }
@@ -102,14 +119,29 @@ impl MetaState {
                     epoch: membership.epoch,
                 }
             }
-            MetaCommand::RegisterDeployment { record } => {
-                self.upsert(record);
+            MetaCommand::RegisterDeployment { record, force } => {
+                match crate::schema::versions::register(&self.deployments, record, *force) {
+                    Err(e) => return MetaResponse::Conflict { reason: e.to_string() },
+                    Ok(crate::schema::versions::Registration::Unchanged) => {}
+                    Ok(_) => self.upsert(record),
+                }
+                let held = self.deployments.iter().find(|d| d.id == record.id);
+                MetaResponse::Registered {
+                    record: held.cloned().unwrap_or_else(|| record.clone()),
+                }
+            }
+            MetaCommand::RemoveDeployment { id } => {
+                self.deployments.retain(|d| &d.id != id);
+                if !self.removed_deployments.contains(id) {
+                    self.removed_deployments.push(id.clone());
+                }
                 MetaResponse::Applied { epoch: self.epoch() }
             }
         }
     }
 
     fn upsert(&mut self, record: &DeploymentRecord) {
+        self.removed_deployments.retain(|id| id != &record.id);
         match self.deployments.iter_mut().find(|d| d.id == record.id) {
             Some(d) => *d = record.clone(),
             None => self.deployments.push(record.clone()),
@@ -192,32 +224,103 @@ mod tests {
         }
     }
 
+    fn serving(id: &str, at: u64, handlers: &[&str]) -> DeploymentRecord {
+        let mut d = deployment(id, at);
+        d.services = vec![crate::storage::ServiceRecord {
+            name: "S".into(),
+            kind: crate::storage::ServiceKind::Service,
+            handlers: handlers
+                .iter()
+                .map(|h| crate::storage::HandlerRecord {
+                    name: (*h).into(),
+                    kind: "shared".into(),
+                    retry_policy: None,
+                })
+                .collect(),
+        }];
+        d
+    }
+
     #[test]
-    fn a_registration_adds_or_replaces_by_id_and_leaves_the_membership() {
-        // (registered in order, deployments after), each as (id, registered_at_ms)
-        type Rows = &'static [(&'static str, u64)];
-        let table: &[(Rows, Rows)] = &[
-            (&[("dp_a", 1)], &[("dp_a", 1)]),
-            (&[("dp_a", 1), ("dp_b", 2)], &[("dp_a", 1), ("dp_b", 2)]),
-            (&[("dp_a", 1), ("dp_b", 2), ("dp_a", 3)], &[("dp_a", 3), ("dp_b", 2)]),
+    fn registrations_and_removals_leave_the_membership() {
+        // Commands in order, then the deployments as (id, registered_at_ms); every command of a
+        // row answers as given (A applied, C conflict).
+        enum Cmd {
+            Register(&'static str, u64, &'static [&'static str], bool),
+            Remove(&'static str),
+        }
+        use Cmd::{Register as R, Remove as D};
+        type Row = (&'static [Cmd], &'static str, &'static [(&'static str, u64)]);
+        let table: &[Row] = &[
+            (&[R("dp_a", 1, &["h"], false)], "A", &[("dp_a", 1)]),
+            (
+                &[R("dp_a", 1, &["h"], false), R("dp_b", 2, &["h"], false)],
+                "AA",
+                &[("dp_a", 1), ("dp_b", 2)],
+            ),
+            // the same again while newest: unchanged (the first registration time stays)
+            (
+                &[R("dp_a", 1, &["h"], false), R("dp_a", 5, &["h"], false)],
+                "AA",
+                &[("dp_a", 1)],
+            ),
+            // rollback: a is the newest again
+            (
+                &[
+                    R("dp_a", 1, &["h"], false),
+                    R("dp_b", 2, &["h"], false),
+                    R("dp_a", 3, &["h"], false),
+                ],
+                "AAA",
+                &[("dp_a", 3), ("dp_b", 2)],
+            ),
+            // a changed discovery at the same URI: refused, unless forced
+            (
+                &[R("dp_a", 1, &["h"], false), R("dp_a", 2, &["h", "g"], false)],
+                "AC",
+                &[("dp_a", 1)],
+            ),
+            (
+                &[R("dp_a", 1, &["h"], false), R("dp_a", 2, &["h", "g"], true)],
+                "AA",
+                &[("dp_a", 2)],
+            ),
+            (
+                &[R("dp_a", 1, &["h"], false), R("dp_b", 2, &["h"], false), D("dp_b")],
+                "AAA",
+                &[("dp_a", 1)],
+            ),
+            (
+                &[R("dp_a", 1, &["h"], false), D("dp_a"), R("dp_a", 4, &["h", "g"], false)],
+                "AAA",
+                &[("dp_a", 4)],
+            ),
         ];
-        for (registered, after) in table {
+        for (i, (commands, answers, after)) in table.iter().enumerate() {
             let mut state = MetaState {
                 membership: Some(membership(3)),
                 ..MetaState::default()
             };
-            for (id, at) in registered.iter() {
-                let answer = state.apply(&MetaCommand::RegisterDeployment {
-                    record: deployment(id, *at),
-                });
-                assert_eq!(answer, MetaResponse::Applied { epoch: 3 });
+            for (command, want) in commands.iter().zip(answers.chars()) {
+                let command = match command {
+                    R(id, at, handlers, force) => MetaCommand::RegisterDeployment {
+                        record: serving(id, *at, handlers),
+                        force: *force,
+                    },
+                    D(id) => MetaCommand::RemoveDeployment { id: (*id).into() },
+                };
+                match (state.apply(&command), want) {
+                    (MetaResponse::Applied { epoch: 3 } | MetaResponse::Registered { .. }, 'A')
+                    | (MetaResponse::Conflict { .. }, 'C') => {}
+                    (got, want) => panic!("row {i}: {command} answered {got:?}, want {want}"),
+                }
             }
             let got: Vec<(&str, u64)> = state
                 .deployments
                 .iter()
                 .map(|d| (d.id.as_str(), d.registered_at_ms))
                 .collect();
-            assert_eq!(&got, after, "registered {registered:?}");
+            assert_eq!(&got, after, "row {i}");
             assert_eq!(state.epoch(), 3);
         }
     }

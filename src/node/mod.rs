@@ -43,6 +43,9 @@ pub struct Node {
     pub metadata: Arc<MetaGroup>,
     /// One metadata upkeep task (replicas in step with members) at a time.
     pub(crate) metadata_upkeep: tokio::sync::Mutex<()>,
+    /// Serialises deployment changes on a node without a metadata group (the group's log
+    /// orders them otherwise).
+    pub(crate) deployment_changes: tokio::sync::Mutex<()>,
     /// One partition hand-off or import at a time.
     pub(crate) handoff_lock: tokio::sync::Mutex<()>,
     /// Unfinished invocations held by this node (bounded by `max_inflight_invocations`).
@@ -116,6 +119,7 @@ impl Node {
             cluster,
             metadata,
             metadata_upkeep: tokio::sync::Mutex::new(()),
+            deployment_changes: tokio::sync::Mutex::new(()),
             handoff_lock: tokio::sync::Mutex::new(()),
             inflight: AtomicUsize::new(0),
             outbox_seq: AtomicU64::new(0),

@@ -1,4 +1,5 @@
-//! Registered deployments and the services they serve, plus endpoint discovery.
+//! Registered deployments and the services they serve, plus endpoint discovery; the rules of
+//! versioned deployments are in `versions`.
 //!
 //! The schema is immutable and swapped whole on registration, so readers on the hot path
 //! take an `Arc` and never wait for a writer.
@@ -8,6 +9,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub mod versions;
 
 use crate::storage::{DeploymentRecord, HandlerKind, HandlerRecord, RetryPolicy, ServiceKind, ServiceRecord};
 
@@ -111,6 +114,13 @@ impl SchemaRegistry {
             .cloned()
             .collect();
         deployments.push(record);
+        *guard = Arc::new(Schema::build(deployments));
+    }
+
+    /// Drops a removed deployment (its row already deleted) and swaps the schema.
+    pub fn remove(&self, id: &str) {
+        let mut guard = self.0.write().expect("schema lock");
+        let deployments = guard.deployments.iter().filter(|d| d.id != id).cloned().collect();
         *guard = Arc::new(Schema::build(deployments));
     }
 

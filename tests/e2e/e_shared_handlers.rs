@@ -49,7 +49,7 @@ fn e_shared_handlers_concurrent_and_read_only() {
             let t = Instant::now();
             let sneaky = kiln.call("Slowpoke/k/sneakySet", "").await?;
             let sneaky_ms = t.elapsed().as_millis();
-            let (code, message) = sneaky.expect_error(500)?;
+            let (code, message) = sneaky.expect_error(409)?;
             ensure!(
                 message.contains("cannot write state"),
                 "sneakySet message should contain \"cannot write state\": {sneaky}"

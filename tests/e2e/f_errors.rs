@@ -257,9 +257,9 @@ fn f_garbage_endpoint_is_protocol_violation_571() {
                 .await
                 .context("POST /Garbage/go (no answer within 45 s: is garbage retried forever?)")?;
             let ms = t.elapsed().as_millis();
-            let (code, message) = r.expect_error(500).context("POST /Garbage/go")?;
+            let (code, message) = r.expect_error(571).context("POST /Garbage/go")?;
             println!(
-                "f: POST /Garbage/go → 500 code {code} {message:?} after {ms} ms; the fake endpoint saw {} attempt(s)",
+                "f: POST /Garbage/go → 571 code {code} {message:?} after {ms} ms; the fake endpoint saw {} attempt(s)",
                 fake.invokes()
             );
             ensure!(
@@ -339,8 +339,8 @@ fn f_non_deterministic_handler_is_journal_mismatch_570() {
             );
 
             let r = kiln.attach(&id, Duration::from_secs(10)).await?;
-            let (code, message) = r.expect_error(500).context("attach to the Shifty invocation")?;
-            println!("f: attach Shifty → 500 code {code} {message:?}");
+            let (code, message) = r.expect_error(570).context("attach to the Shifty invocation")?;
+            println!("f: attach Shifty → 570 code {code} {message:?}");
             ensure!(code == 570, "journal mismatch must fail with code 570: {r}");
             ensure!(
                 message.to_ascii_lowercase().contains("journal mismatch"),

@@ -35,6 +35,7 @@ mod j_control_races;
 mod j_found_by_reading;
 mod j_restart_cost;
 mod k_parallel_steps;
+mod k_versions;
 
 // Cluster (docs/cluster.md): nodes behind a real nginx, join/leave and SIGKILL under load,
 // sagas across nodes, the web UI in a browser.

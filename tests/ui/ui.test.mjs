@@ -187,8 +187,27 @@ async function run(browser) {
   if (!(Number(after.epoch) > epochBefore)) fail(`#epoch did not grow: ${epochBefore} → ${after.epoch}`);
   if (after.bannerVisible) fail(`error banner shown after the join: ${after.bannerText}`);
   log(`after join: ${describe(done)}`);
-  if (consoleErrors) console.error(`ui: ${consoleErrors} browser console error(s) (see above)`);
   log(`partitions moved to ${JOIN_ID}: ${moved}`);
+
+  // 5. The deployments table agrees with GET /deployments: each row's drain status and count.
+  const api = (await getJson(`${ADMIN}/deployments`)).deployments;
+  if (!api.length) fail('GET /deployments lists no deployment; the test registers one');
+  try {
+    await page.waitForFunction((n) => document.querySelectorAll('#deploy-body tr .pill').length === n, api.length, { timeout: 15_000 });
+  } catch {
+    fail(`#deploy-body shows ${await page.evaluate(() => document.querySelectorAll('#deploy-body tr .pill').length)} rows, GET /deployments ${api.length}`);
+  }
+  const shown = await page.evaluate(() => [...document.querySelectorAll('#deploy-body tr')].map((tr) => ({
+    id: tr.cells[0].textContent.trim(), status: tr.querySelector('.pill').textContent.trim(), pinned: tr.cells[4].textContent.trim(),
+  })));
+  for (const d of api) {
+    const row = shown.find((r) => r.id === d.id);
+    if (!row || row.status !== d.status || !/^[\d,]+/.test(row.pinned)) fail(`deployment ${d.id} (${d.status}, ${d.pinnedInvocations} pinned) shown as ${JSON.stringify(row)}`);
+  }
+  log(`deployments shown: ${shown.map((r) => `${r.id}:${r.status}:${r.pinned}`).join(' ')}`);
+  await page.locator('.deploy-card').screenshot({ path: path.join(ARTIFACTS, '05-deployments.png') });
+  log(`screenshot ${path.join(ARTIFACTS, '05-deployments.png')}`);
+  if (consoleErrors) console.error(`ui: ${consoleErrors} browser console error(s) (see above)`);
 }
 
 async function main() {

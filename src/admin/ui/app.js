@@ -3,6 +3,8 @@
 'use strict';
 
 const POLL_MS = 1000;
+// Drain status counts unfinished invocations on every node: asked less often.
+const DEPLOYMENTS_POLL_MS = 5000;
 const FETCH_TIMEOUT_MS = 5000;
 const MAX_OBJECT_ROWS = 500;
 const PALETTE = ['#38bdf8', '#a78bfa', '#34d399', '#fbbf24', '#f472b6', '#2dd4bf',
@@ -15,7 +17,8 @@ const KIND_GROUP = Object.fromEntries(Object.entries({
 }).flatMap(([group, kinds]) => kinds.split(' ').map((k) => [k, group])));
 
 const ui = {
-  cluster: null, partitions: null, ring: null, objects: null, invocations: null,
+  cluster: null, partitions: null, ring: null, objects: null, invocations: null, deployments: null,
+  deploymentsAt: 0,      // when /deployments was last asked
   colors: new Map(),
   bandSig: '', vnodeSig: '', markerSig: '',
   lookup: null,          // last /cluster/owner answer
@@ -119,6 +122,10 @@ async function poll() {
   const invQ = qs({ limit: 50, service: $('inv-service').value.trim(), key: $('inv-key').value.trim(), status: $('inv-status').value });
   const jobs = [['cluster', '/cluster'], ['partitions', '/cluster/partitions'], ['ring', '/cluster/ring'],
     ['objects', `/cluster/objects${objQ}`], ['invocations', `/cluster/invocations${invQ}`]];
+  if (Date.now() - ui.deploymentsAt >= DEPLOYMENTS_POLL_MS) {
+    ui.deploymentsAt = Date.now();
+    jobs.push(['deployments', '/deployments']);
+  }
   const results = await Promise.allSettled(jobs.map(([, path]) => api(path)));
   const errors = [];
   results.forEach((r, i) => {
@@ -126,7 +133,7 @@ async function poll() {
     else errors.push(r.reason.message);
   });
   setConnection(errors);
-  [renderCluster, renderRing, renderObjects, renderInvocations].forEach(safely);
+  [renderCluster, renderRing, renderObjects, renderDeployments, renderInvocations].forEach(safely);
   if (ui.lookup && ui.cluster && ui.cluster.epoch !== ui.lookup.epoch) lookup(ui.lookup.service, ui.lookup.key, true);
   if (ui.selectedInv && !(ui.invDetail && FINISHED.has(ui.invDetail.status))) loadInvocation(ui.selectedInv, true);
   if (ui.watched) loadState(true);
@@ -513,6 +520,29 @@ function watch(service, key) {
   safely(renderObjects);
 }
 
+// ---------- deployments ----------
+
+// active: takes new invocations of a service; draining: invocations still pinned to it;
+// drained: nothing pinned, safe to remove and stop.
+function renderDeployments() {
+  const list = ui.deployments?.deployments;
+  if (!list) return;
+  $('deploy-body').innerHTML = list.map((d) => {
+    const newest = new Set(d.newestFor ?? []);
+    const services = (d.services ?? []).map((s) => `<span class="${newest.has(s.name) ? '' : 'muted'}"
+      title="${newest.has(s.name) ? 'takes new invocations' : 'a newer deployment takes new invocations'}">${esc(s.name)}</span>`).join(', ');
+    const unknown = d.pinnedUnknownOn?.length ? ` <span class="muted small" title="not counted">+? (${esc(d.pinnedUnknownOn.join(', '))})</span>` : '';
+    return `<tr>
+      <td class="mono">${esc(d.id)}</td>
+      <td class="mono small">${esc(d.uri)}</td>
+      <td>${services}</td>
+      <td><span class="pill dp-${esc(d.status)}">${esc(d.status)}</span></td>
+      <td class="num mono">${fmtNum(d.pinnedInvocations)}${unknown}</td>
+      <td class="muted small" title="${esc(new Date(d.registeredAtMs).toISOString())}">${ago(d.registeredAtMs)}</td>
+    </tr>`;
+  }).join('') || '<tr><td colspan="6" class="empty">No deployments registered (POST /deployments).</td></tr>';
+}
+
 // ---------- invocations ----------
 
 function target(inv) {
@@ -606,7 +636,7 @@ function renderDetail(inv) {
       ${row('Deployment', inv.deploymentId ? `<span class="mono">${esc(inv.deploymentId)}</span>` : null)}
       ${row('Idempotency key', inv.idempotencyKey ? `<span class="mono">${esc(inv.idempotencyKey)}</span>` : null)}
     </dl>
-    ${inv.lastError ? `<div class="outcome warn-box"><span class="label">Last error</span> ${esc(inv.lastError)}</div>` : ''}
+    ${inv.lastError ? `<div class="outcome warn-box"><span class="label">Last error</span><pre class="trace">${esc(inv.lastError)}</pre></div>` : ''}
     ${output}
     <h4>Journal <span class="muted small">${journal.length} entr${journal.length === 1 ? 'y' : 'ies'}</span></h4>
     <ol class="timeline">${journal.map((e) => `<li class="tl g-${KIND_GROUP[e.kind] ?? 'ctl'}${COMPLETABLE.has(e.kind) && !e.result ? ' open' : ''}">

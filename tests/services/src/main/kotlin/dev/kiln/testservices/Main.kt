@@ -4,13 +4,16 @@ import dev.kiln.sdk.KilnEndpoint
 
 /**
  * Serves every test service (see tests/services/README.md) on env `PORT` (default 9080), host env
- * `BIND_HOST`.
+ * `BIND_HOST`; env `SERVICE_VERSION` (default "v1") picks the code version of [Release], and any
+ * version but "v1" also serves [ReleaseNotes].
  */
 fun main() {
-    KilnEndpoint()
+    val endpoint = KilnEndpoint()
         .bind(Slowpoke()).bind(Shifty()).bind(Flaky())
         .bind(Sleeper()).bind(Waiter()).bind(Signup())
         .bind(Sender()).bind(Receiver())
         .bind(CycleA()).bind(CycleB())
-        .listen()
+        .bind(Release())
+    if (SERVICE_VERSION != "v1") endpoint.bind(ReleaseNotes())
+    endpoint.listen()
 }

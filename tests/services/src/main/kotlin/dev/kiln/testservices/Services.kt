@@ -60,6 +60,10 @@ class Flaky {
     @Handler
     suspend fun fail(ctx: Context, msg: String): String = throw TerminalException(418, msg)
 
+    /** Always fails terminally with code 422 and [msg] (answered as HTTP 422). */
+    @Handler
+    suspend fun unprocessable(ctx: Context, msg: String): String = throw TerminalException(422, msg)
+
     /** Always throws IllegalStateException([msg]): a retryable failure. */
     @Handler
     suspend fun boom(ctx: Context, msg: String): String = throw IllegalStateException(msg)
