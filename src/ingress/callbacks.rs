@@ -1,5 +1,6 @@
 //! Ingress endpoints for the outside world to reach into running invocations: completing
-//! awakeables, and attaching to a workflow's result by its key.
+//! awakeables, attaching to a workflow's result by its key, and to an invocation by the
+//! idempotency key it was sent with (Restate's path shapes).
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -10,11 +11,11 @@ use super::wait_for;
 use crate::cluster::forward::{self, Listener};
 use crate::http_error::ApiError;
 use crate::ids::workflow_run_id;
-use crate::ids::{parse_awakeable_id, ObjectId};
+use crate::ids::{parse_awakeable_id, partition_of, stable_hash, ObjectId};
 use crate::journal::{CompletionResult, Failure};
 use crate::node::Node;
 use crate::node::{CompleteError, Completer};
-use crate::storage::{ServiceKind, WriteBatch};
+use crate::storage::{keys, ServiceKind, WriteBatch};
 
 /// Longest rejection reason kept.
 const REASON_MAX_BYTES: usize = 4096;
@@ -26,7 +27,83 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route(
             "/restate/workflow/{service}/{key}/{what}",
             web::get().to(workflow_result),
+        )
+        .route(
+            "/restate/invocation/{service}/{handler}/{idempotency_key}/{what}",
+            web::get().to(|r, p: web::Path<(String, String, String, String)>, n| {
+                let (service, handler, idempotency_key, what) = p.into_inner();
+                by_idempotency_key(r, n, service, String::new(), handler, idempotency_key, what)
+            }),
+        )
+        .route(
+            "/restate/invocation/{service}/{key}/{handler}/{idempotency_key}/{what}",
+            web::get().to(|r, p: web::Path<(String, String, String, String, String)>, n| {
+                let (service, key, handler, idempotency_key, what) = p.into_inner();
+                by_idempotency_key(r, n, service, key, handler, idempotency_key, what)
+            }),
         );
+}
+
+/// `GET /restate/invocation/{service}[/{key}]/{handler}/{idempotencyKey}/attach|output`: the
+/// invocation created with that idempotency key, at its owner.
+async fn by_idempotency_key(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    service: String,
+    key: String,
+    handler: String,
+    idempotency_key: String,
+    what: String,
+) -> Result<HttpResponse, ApiError> {
+    let node = node.into_inner();
+    let kind = node.schema.snapshot().services.get(&service).map(|s| s.kind);
+    let partition_key = match kind {
+        None => return Err(ApiError::not_found(format!("service {service:?} not found"))),
+        Some(ServiceKind::Service) if !key.is_empty() => {
+            return Err(ApiError::bad_request(format!(
+                "{service} is a service: use /restate/invocation/{service}/{handler}/{{idempotencyKey}}/{what}"
+            )))
+        }
+        Some(ServiceKind::Service) => {
+            stable_hash(&[service.as_bytes(), handler.as_bytes(), idempotency_key.as_bytes()])
+        }
+        Some(_) if key.is_empty() => {
+            return Err(ApiError::bad_request(format!(
+                "{service} is keyed: use /restate/invocation/{service}/{{key}}/{handler}/{{idempotencyKey}}/{what}"
+            )))
+        }
+        Some(_) => ObjectId::new(&service, &key).partition_key(),
+    };
+    if what != "attach" && what != "output" {
+        return Err(ApiError::not_found(format!(
+            "unknown action {what:?}: use attach or output"
+        )));
+    }
+    if let Some(answer) = forward::route(&node, &req, &[], partition_of(partition_key), Listener::Ingress).await {
+        return Ok(answer);
+    }
+    let row = keys::idempotency(
+        partition_key,
+        &keys::Target {
+            service: &service,
+            key: &key,
+            handler: &handler,
+        },
+        &idempotency_key,
+    );
+    let store = node.store.clone();
+    let found = web::block(move || store.idempotency(&row))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let Some(found) = found else {
+        return Err(ApiError::not_found(format!(
+            "no invocation of {service}/{handler} with idempotency key {idempotency_key:?} (or it expired)"
+        )));
+    };
+    match what.as_str() {
+        "attach" => wait_for(&node, found.invocation_id).await,
+        _ => super::output_of(&node, found.invocation_id).await,
+    }
 }
 
 /// `POST …/awakeables/{id}/resolve` (body: the JSON value) or `…/reject` (body: the reason).

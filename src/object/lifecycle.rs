@@ -146,7 +146,9 @@ impl ObjectActor {
     /// Records a failed attempt and starts the next after its back-off, or gives up.
     fn back_off(&mut self, mut inv: Invocation, error: String, ctx: &mut Context<Self>) {
         let id = inv.id;
-        tracing::warn!(invocation_id = %id, attempt = inv.record.attempts, %error, "invocation.attempt_failed");
+        // The first line: the stack trace after it is kept in `lastError`, not in the log.
+        let first = error.lines().next().unwrap_or_default();
+        tracing::warn!(invocation_id = %id, attempt = inv.record.attempts, error = first, "invocation.attempt_failed");
         let node = &self.node;
         let policy = node
             .schema()

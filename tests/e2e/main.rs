@@ -34,6 +34,7 @@ mod i3_twin;
 mod j_control_races;
 mod j_found_by_reading;
 mod j_restart_cost;
+mod k_answers;
 mod k_parallel_steps;
 mod k_versions;
 
