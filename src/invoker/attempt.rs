@@ -104,6 +104,13 @@ impl Attempt<'_> {
             .send();
         let response = match tokio::time::timeout(timeout, request).await {
             Err(_) => return AttemptOutcome::Retryable(format!("{url}: no response within {timeout:?}")),
+            Ok(Err(e)) if e.is_connect() => {
+                return AttemptOutcome::Retryable(format!(
+                    "deployment {} is unreachable (is its endpoint running?): POST {url}: {}",
+                    self.record.deployment_id,
+                    error_chain(&e)
+                ))
+            }
             Ok(Err(e)) => return AttemptOutcome::Retryable(format!("{url}: {}", error_chain(&e))),
             Ok(Ok(r)) => r,
         };

@@ -176,8 +176,8 @@ fn k_versions_pinned_rollback_delete_force() {
             );
             let last = seen["lastError"].as_str().unwrap_or_default();
             ensure!(
-                last.contains(&v2.uri().replace("http://", "")) || last.contains("connect"),
-                "last error should name the endpoint: {last}"
+                last.contains(&dp2) && last.contains("unreachable") && last.contains(&v2.uri()),
+                "last error should name the deployment and its endpoint: {last}"
             );
             let (code, _) = remove(&kiln, &dp2, false).await?.expect_error(409)?;
             ensure!(code == 409, "pinned w4 refuses the delete");
