@@ -1,10 +1,18 @@
-// Typed calls and sends through callable references (`ctx.call(Counter::add, key, 5L)`): the
-// target's names and serializers are read by reflection once per referenced function and cached.
+// Typed calls and sends through callable references (`ctx.call(Counter::add, key, 5L)`, see
+// TypedCalls.kt): the target's names and types are read by reflection once per referenced function
+// and cached; its serializers once per serializers module (each endpoint may have its own JSON).
+// Whatever the compiler cannot check is refused with a TerminalException(400) naming the fix:
+// retrying a call that is wrong in the code cannot succeed.
 package dev.kiln.sdk
 
 import kotlinx.serialization.KSerializer
+import kotlinx.serialization.json.Json
+import kotlinx.serialization.modules.SerializersModule
 import java.util.concurrent.ConcurrentHashMap
+import kotlin.reflect.KClass
 import kotlin.reflect.KFunction
+import kotlin.reflect.KParameter
+import kotlin.reflect.KType
 import kotlin.reflect.jvm.javaMethod
 import kotlin.time.Duration
 
@@ -13,25 +21,61 @@ internal class HandlerTarget(
     val service: String,
     val handler: String,
     val serviceKind: ServiceKind,
+    /** The referenced function, for messages: its qualified name and `Class::function`. */
+    private val where: String,
+    private val ref: String,
     /** `null` when the handler takes no input. */
-    val inputSerializer: KSerializer<Any?>?,
+    private val inputType: KType?,
     /** `null` when the handler returns Unit (an empty output). */
-    val outputSerializer: KSerializer<Any?>?,
+    private val outputType: KType?,
 ) {
     val qualifiedName: String get() = "$service/$handler"
 
-    fun encodeInput(input: Any?): ByteArray = if (inputSerializer == null) {
-        ByteArray(0)
-    } else {
-        KilnJson.encodeToString(inputSerializer, input).encodeToByteArray()
+    val takesInput: Boolean get() = inputType != null
+
+    /** The serializers of input and output for one serializers module; `null` for none / Unit. */
+    class Codec(val input: KSerializer<Any?>?, val output: KSerializer<Any?>?)
+
+    private val codecs = ConcurrentHashMap<SerializersModule, Codec>()
+
+    @Suppress("UNCHECKED_CAST")
+    fun codec(json: Json): Codec = codecs.getOrPut(json.serializersModule) {
+        try {
+            Codec(
+                inputType?.let { serializerFor(json, it, where) } as KSerializer<Any?>?,
+                outputType?.let { serializerFor(json, it, where) } as KSerializer<Any?>?,
+            )
+        } catch (e: IllegalArgumentException) {
+            throw TerminalException(ErrorCode.BAD_REQUEST, "cannot call $qualifiedName: ${e.message}")
+        }
+    }
+
+    fun encodeInput(json: Json, input: Any?): ByteArray {
+        val ser = codec(json).input ?: return ByteArray(0)
+        return json.encodeToString(ser, input).encodeToByteArray()
+    }
+
+    /** Decodes a call's output bytes with the output serializer (Unit for an empty output). */
+    @Suppress("UNCHECKED_CAST")
+    fun <O> decodeOutput(json: Json, bytes: ByteArray): O {
+        val ser = codec(json).output ?: return Unit as O
+        return decodePayload(json, ser, bytes) as O
     }
 
     /** Checks that a key is given exactly when the target is keyed. */
     fun checkKey(key: String?) {
-        if (serviceKind.keyed) {
-            require(key != null) { "$qualifiedName is a ${serviceKind.wire}: pass the key of the instance to call" }
-        } else {
-            require(key == null) { "$qualifiedName is a stateless service: call it without a key" }
+        if (serviceKind.keyed && key == null) {
+            throw TerminalException(
+                ErrorCode.BAD_REQUEST,
+                "$qualifiedName is a ${serviceKind.wire}: pass the key of the instance to call first, " +
+                    "as ctx.call($ref, key, input)",
+            )
+        }
+        if (!serviceKind.keyed && key != null) {
+            throw TerminalException(
+                ErrorCode.BAD_REQUEST,
+                "$qualifiedName is a stateless service: call it without a key, as ctx.call($ref, input)",
+            )
         }
     }
 }
@@ -39,53 +83,65 @@ internal class HandlerTarget(
 internal object HandlerTargets {
     private val cache = ConcurrentHashMap<KFunction<*>, HandlerTarget>()
 
+    /** The target of [f]; a reference that is not a handler is a `TerminalException(400)` naming the fix. */
     fun of(f: KFunction<*>): HandlerTarget = cache[f] ?: resolve(f).also { cache[f] = it }
 
-    @Suppress("UNCHECKED_CAST")
+    private fun refuse(message: String): Nothing = throw TerminalException(ErrorCode.BAD_REQUEST, message)
+
     private fun resolve(f: KFunction<*>): HandlerTarget {
         val method = f.javaMethod
-            ?: throw IllegalArgumentException("${f.name} is not a member function of an annotated service class")
+            ?: refuse("${f.name} cannot be called: reference a handler of an annotated class, as Class::${f.name}")
         val cls = method.declaringClass.kotlin
-        val (service, kind) = serviceIdentity(cls)
         val where = "${cls.qualifiedName}.${f.name}"
-        require(f.parameters.firstOrNull()?.kind == kotlin.reflect.KParameter.Kind.INSTANCE) {
-            "$where: use an unbound reference (${cls.simpleName}::${f.name}), not one bound to an instance"
+        val (service, kind) = try {
+            serviceIdentity(cls)
+        } catch (e: IllegalArgumentException) {
+            refuse("$where cannot be called: ${e.message}; annotate the class with one of them")
         }
-        require(f.isSuspend) { "$where is not a suspend handler" }
+        if (f.parameters.firstOrNull()?.kind != KParameter.Kind.INSTANCE) {
+            refuse(
+                "$where cannot be called: use an unbound reference (${cls.simpleName}::${f.name}), not one bound to an instance",
+            )
+        }
+        if (!f.isSuspend) refuse("$where cannot be called: it is not a suspend handler; make it a suspend function")
         val params = f.parameters.drop(1)
-        require(params.size in 1..2) { "$where is not a handler: it must take a context and at most one input" }
-        val annotated = f.annotations.any { it is Handler || it is Shared || it is Workflow }
-        require(annotated) { "$where is not annotated @Handler, @Shared or @Workflow" }
-        val input = params.getOrNull(1)?.type?.let { serializerFor(it, where) }
-        val output = f.returnType.takeIf { it.classifier != Unit::class }?.let { serializerFor(it, where) }
-        return HandlerTarget(service, handlerName(f), kind, input as KSerializer<Any?>?, output as KSerializer<Any?>?)
+        if (params.size !in 1..2) {
+            refuse(
+                "$where cannot be called: a handler takes a context and at most one input, it takes ${params.size} parameters",
+            )
+        }
+        if (f.annotations.none { it is Handler || it is Shared || it is Workflow }) {
+            refuse("$where cannot be called: it is not annotated @Handler, @Shared or @Workflow; annotate it")
+        }
+        checkContextType(kind, params[0].type.classifier)?.let { refuse("$where cannot be called: $it") }
+        val output = f.returnType.takeIf { it.classifier != Unit::class }
+        val ref = "${cls.simpleName}::${f.name}"
+        return HandlerTarget(service, handlerName(f), kind, where, ref, params.getOrNull(1)?.type, output)
     }
 }
-
-/** Decodes a call's output bytes with the target's output serializer (Unit for an empty output). */
-@Suppress("UNCHECKED_CAST")
-internal fun <O> decodeOutput(target: HandlerTarget, bytes: ByteArray): O =
-    if (target.outputSerializer == null) Unit as O else decodePayload(target.outputSerializer, bytes) as O
 
 /**
- * Decodes a JSON payload; an empty payload is `Unit` for a Unit serializer and `null` for a
- * nullable one (the SDK's encoding of "no value").
+ * Null if a handler of a service of [kind] may take a context of type [ctx] as far as keys are
+ * concerned, else why not: `Context` is for stateless services, a keyed context for virtual objects
+ * and workflows. That is what lets the typed `call`/`send` overloads require a key exactly for
+ * keyed targets (see TypedCalls.kt).
  */
-@Suppress("UNCHECKED_CAST")
-internal fun <T> decodePayload(serializer: KSerializer<T>, bytes: ByteArray): T {
-    if (bytes.isEmpty()) {
-        if (serializer.descriptor.serialName == "kotlin.Unit") return Unit as T
-        if (serializer.descriptor.isNullable) return null as T
+internal fun checkContextType(kind: ServiceKind, ctx: Any?): String? {
+    if (kind == ServiceKind.SERVICE) {
+        if (ctx == Context::class) return null
+        return "a handler of a @Service takes Context (a service is stateless and has no key), not ${name(ctx)}"
     }
-    return KilnJson.decodeFromString(serializer, bytes.decodeToString())
+    if (ctx != Context::class) return null
+    val (annotation, contexts) = if (kind == ServiceKind.WORKFLOW) {
+        "@Workflow" to "WorkflowContext or SharedWorkflowContext"
+    } else {
+        "@VirtualObject" to "ObjectContext or SharedObjectContext"
+    }
+    return "a handler of a $annotation takes a keyed context ($contexts), not Context (which is for stateless " +
+        "services); change the parameter's type"
 }
 
-internal fun <T> encodePayload(serializer: KSerializer<T>, value: T): ByteArray =
-    if (serializer.descriptor.serialName == "kotlin.Unit") {
-        ByteArray(0)
-    } else {
-        KilnJson.encodeToString(serializer, value).encodeToByteArray()
-    }
+private fun name(c: Any?): String = (c as? KClass<*>)?.simpleName ?: c.toString()
 
 internal fun <O> callTyped(
     ctx: Context,
@@ -94,11 +150,9 @@ internal fun <O> callTyped(
     input: Any?,
     hasInput: Boolean,
 ): DurableFuture<O> {
-    val target = HandlerTargets.of(handler)
-    target.checkKey(key)
-    checkInputArity(target, hasInput)
-    val inv = (ctx as InvocationContext)
-    return inv.callTarget(target, key ?: "", target.encodeInput(input))
+    val inv = ctx as InvocationContext
+    val target = checkedTarget(handler, key, hasInput)
+    return inv.callTarget(target, key ?: "", target.encodeInput(inv.json, input))
 }
 
 internal fun sendTyped(
@@ -109,14 +163,17 @@ internal fun sendTyped(
     hasInput: Boolean,
     delay: Duration,
 ) {
-    val target = HandlerTargets.of(handler)
-    target.checkKey(key)
-    checkInputArity(target, hasInput)
-    ctx.send(target.service, target.handler, key ?: "", target.encodeInput(input), delay)
+    val inv = ctx as InvocationContext
+    val target = checkedTarget(handler, key, hasInput)
+    ctx.send(target.service, target.handler, key ?: "", target.encodeInput(inv.json, input), delay)
 }
 
-private fun checkInputArity(target: HandlerTarget, hasInput: Boolean) {
-    require(hasInput == (target.inputSerializer != null)) {
-        if (hasInput) "${target.qualifiedName} takes no input" else "${target.qualifiedName} takes an input"
+private fun checkedTarget(handler: KFunction<*>, key: String?, hasInput: Boolean): HandlerTarget {
+    val target = HandlerTargets.of(handler)
+    target.checkKey(key)
+    if (hasInput != target.takesInput) {
+        val what = if (hasInput) "takes no input" else "takes an input"
+        throw TerminalException(ErrorCode.BAD_REQUEST, "${target.qualifiedName} $what")
     }
+    return target
 }

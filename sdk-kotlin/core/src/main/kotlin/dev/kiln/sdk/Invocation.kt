@@ -20,6 +20,7 @@ import kotlinx.coroutines.cancel
 import kotlinx.coroutines.delay
 import kotlinx.coroutines.launch
 import kotlinx.serialization.KSerializer
+import kotlinx.serialization.json.Json
 import java.io.IOException
 import java.util.concurrent.ConcurrentHashMap
 import java.util.concurrent.ConcurrentLinkedQueue
@@ -58,8 +59,11 @@ internal class Invocation(
 
     // Loop-thread state ---------------------------------------------------------------------------
 
-    /** Index of the next command: replaying while below [knownEntries]. */
-    internal var nextIndex = 1
+    /**
+     * Index of the next command: replaying while below [knownEntries]. Written on the loop thread
+     * only; volatile because `ctx.logger` reads [replaying] on any thread (a `run` block's).
+     */
+    @Volatile internal var nextIndex = 1
     internal val state = HashMap<String, ByteArray>()
     internal var random: Random? = null
 
@@ -104,6 +108,22 @@ internal class Invocation(
     @Volatile private var blocks: CoroutineScope? = null
 
     internal val isOver: Boolean get() = finished.get() || streamEnded
+
+    /** The endpoint's JSON, for every payload and state value of this invocation. */
+    internal val json: Json get() = handler.json
+
+    /**
+     * `invocation {id} ({service}/{handler}) attempt {epoch}`: the prefix of the SDK's log lines
+     * about this attempt (before START: the handler only).
+     */
+    private val tag: String
+        get() = if (::start.isInitialized) {
+            "invocation ${start.id} (${handler.qualifiedName}) attempt ${start.epoch}"
+        } else {
+            "invocation attempt of ${handler.qualifiedName}"
+        }
+
+    /** Journal entries known at attempt start are still being consumed: user code re-executes what an earlier attempt ran. */
     internal val replaying: Boolean get() = nextIndex < knownEntries
 
     /** Runs the attempt: blocks until the request stream ends (or breaks). */
@@ -116,9 +136,22 @@ internal class Invocation(
         } catch (e: IOException) {
             return // the runtime went away before the attempt began
         }
+        invocationLog.debug(
+            "{} started, {} journal entries known{}",
+            tag,
+            knownEntries,
+            if (knownEntries > 1) " (replaying)" else "",
+        )
         val name = CoroutineName("kiln ${handler.qualifiedName} ${start.id}")
-        blocks = CoroutineScope(SupervisorJob() + dispatcher + name)
-        job = CoroutineScope(loop + name).launch { runHandler() }
+        val mdc = MdcElement(
+            mapOf(
+                MdcKeys.INVOCATION_ID to start.id,
+                MdcKeys.SERVICE to handler.serviceName,
+                MdcKeys.HANDLER to handler.name,
+            ),
+        )
+        blocks = CoroutineScope(SupervisorJob() + dispatcher + name + mdc)
+        job = CoroutineScope(loop + name + mdc).launch { runHandler() }
         dispatcher.dispatch(
             EmptyCoroutineContext,
             Runnable { loop.run(done = { job!!.isCompleted && isOver }, idle = ::onIdle) },
@@ -183,6 +216,7 @@ internal class Invocation(
         } catch (_: IOException) {
             // the runtime aborted the stream: same as an unexpected end
         }
+        if (!finished.get()) invocationLog.debug("{}: the request stream ended before the attempt finished", tag)
         streamEnded = true
         blocks?.cancel()
         job?.cancel(CancellationException("request stream ended")) // a no-op once the handler is done
@@ -212,15 +246,16 @@ internal class Invocation(
         } catch (e: InvocationAbortedError) {
             // the ERROR or SUSPEND frame is already sent
         } catch (e: TerminalException) {
+            invocationLog.debug("{}: handler failed terminally with code {}: {}", tag, e.code, e.message)
             try {
                 complete(null, Failure(e.code, e.message ?: ""))
             } catch (_: InvocationAbortedError) {}
         } catch (e: CancellationException) {
-            if (!isOver) fail(ErrorCode.RETRYABLE, describe(e), retryable = true)
+            if (!isOver) fail(ErrorCode.RETRYABLE, describe(e), retryable = true, cause = e)
         } catch (e: StreamClosedException) {
             finished.set(true)
         } catch (e: Throwable) {
-            fail(ErrorCode.RETRYABLE, describe(e), retryable = true)
+            fail(ErrorCode.RETRYABLE, describe(e), retryable = true, cause = e)
         }
     }
 
@@ -239,17 +274,27 @@ internal class Invocation(
 
     private fun end() {
         if (!finished.compareAndSet(false, true)) return
+        invocationLog.debug("{} ended: output journaled", tag)
         try {
             sink.send(FrameType.END, Bodies.EMPTY_MAP)
         } catch (_: IOException) {}
         loop.signal() // the loop may stop once the handler's coroutine is done
     }
 
-    /** Sends ERROR (once per attempt), ends the attempt and stops the handler's coroutines and blocks. */
-    internal fun fail(code: Int, message: String, retryable: Boolean, index: Int? = null) {
+    /**
+     * Sends ERROR (once per attempt), ends the attempt and stops the handler's coroutines and
+     * blocks. The stack trace of [cause] (user code's exception) goes with it, for the runtime's
+     * `lastError`.
+     */
+    internal fun fail(code: Int, message: String, retryable: Boolean, index: Int? = null, cause: Throwable? = null) {
         if (!finished.compareAndSet(false, true)) return
+        if (retryable) {
+            invocationLog.warn("{} failed, to be retried: {}", tag, message, cause)
+        } else {
+            invocationLog.warn("{} failed for good (code {}): {}", tag, code, message, cause)
+        }
         try {
-            sink.send(FrameType.ERROR, Bodies.error(code, message, retryable, index))
+            sink.send(FrameType.ERROR, Bodies.error(code, message, retryable, index, cause?.stackTraceToString()))
         } catch (_: IOException) {}
         stop(message)
     }
@@ -263,6 +308,7 @@ internal class Invocation(
     /** Sends SUSPEND, ends the attempt and stops user code quietly (on the loop thread). */
     internal fun suspendInvocation(waitingOn: List<Int>) {
         if (!finished.compareAndSet(false, true)) return
+        invocationLog.debug("{} suspended, waiting on entries {}", tag, waitingOn)
         try {
             sink.send(FrameType.SUSPEND, Bodies.suspend(waitingOn))
         } catch (_: IOException) {}
@@ -411,10 +457,10 @@ internal class Invocation(
     }
 
     internal fun <T> decode(serializer: KSerializer<T>, bytes: ByteArray): T =
-        KilnJson.decodeFromString(serializer, bytes.decodeToString())
+        json.decodeFromString(serializer, bytes.decodeToString())
 
     internal fun <T> encode(serializer: KSerializer<T>, value: T): ByteArray =
-        KilnJson.encodeToString(serializer, value).encodeToByteArray()
+        json.encodeToString(serializer, value).encodeToByteArray()
 
     internal fun addTimer(index: Int, wakeUpAtMs: Long) {
         timerWakeUps[index] = wakeUpAtMs
@@ -504,7 +550,12 @@ internal class Invocation(
             runsExecuting--
             if (finished.get()) continue
             if (d.error != null) {
-                fail(ErrorCode.RETRYABLE, "run '${d.name}' failed: ${describe(d.error)}", retryable = true)
+                fail(
+                    ErrorCode.RETRYABLE,
+                    "run '${d.name}' failed: ${describe(d.error)}",
+                    retryable = true,
+                    cause = d.error,
+                )
                 continue
             }
             val entry = JournalEntry(d.index, EntryKind.RUN, d.name, value = d.value, failure = d.failure)

@@ -3,6 +3,8 @@
 package dev.kiln.sdk
 
 import kotlinx.serialization.KSerializer
+import kotlinx.serialization.json.Json
+import org.slf4j.Logger
 import kotlin.random.Random
 import kotlin.time.Duration
 
@@ -10,6 +12,10 @@ import kotlin.time.Duration
 internal class InvocationContext(private val inv: Invocation, private val writable: Boolean) : WorkflowContext {
     override val invocationId: String get() = inv.start.id
     override val key: String get() = inv.start.key
+    override val logger: Logger = ReplayAwareLogger(inv.handler.logger) { inv.replaying }
+
+    /** The endpoint's JSON: payloads and state values. */
+    val json: Json get() = inv.json
 
     override fun random(): Random {
         inv.checkUsable("random")
@@ -53,7 +59,7 @@ internal class InvocationContext(private val inv: Invocation, private val writab
             inv.append(JournalEntry(inv.nextIndex, EntryKind.GET_STATE, key.name, value = v))
             v
         }
-        return bytes?.let { inv.decode(key.serializer, it) }
+        return bytes?.let { inv.decode(key.serializerIn(json.serializersModule), it) }
     }
 
     override suspend fun stateKeys(): Set<String> {
@@ -71,7 +77,7 @@ internal class InvocationContext(private val inv: Invocation, private val writab
     override fun <T> set(key: StateKey<T>, value: T) {
         inv.checkUsable("set")
         inv.checkWritable(writable, key.name)
-        val bytes = inv.encode(key.serializer, value)
+        val bytes = inv.encode(key.serializerIn(json.serializersModule), value)
         if (inv.matchJournal(EntryKind.SET_STATE, key.name) == null) {
             inv.append(JournalEntry(inv.nextIndex, EntryKind.SET_STATE, key.name, value = bytes))
         }
@@ -103,7 +109,7 @@ internal class InvocationContext(private val inv: Invocation, private val writab
     }
 
     override fun timer(duration: Duration): DurableFuture<Unit> {
-        require(!duration.isNegative()) { "timer duration must not be negative: $duration" }
+        if (duration.isNegative()) misuse("ctx.timer($duration): the duration must not be negative")
         inv.checkUsable("timer")
         val replayed = inv.matchJournal(EntryKind.SLEEP, null)
         val index = if (replayed != null) {
@@ -124,10 +130,10 @@ internal class InvocationContext(private val inv: Invocation, private val writab
         key: String,
         input: ByteArray,
         outputSerializer: KSerializer<O>,
-    ): DurableFuture<O> = callEntry(service, handler, key, input) { decodePayload(outputSerializer, it) }
+    ): DurableFuture<O> = callEntry(service, handler, key, input) { decodePayload(json, outputSerializer, it) }
 
     fun <O> callTarget(target: HandlerTarget, key: String, input: ByteArray): DurableFuture<O> =
-        callEntry(target.service, target.handler, key, input) { decodeOutput(target, it) }
+        callEntry(target.service, target.handler, key, input) { target.decodeOutput(json, it) }
 
     private fun <O> callEntry(
         service: String,
@@ -136,6 +142,7 @@ internal class InvocationContext(private val inv: Invocation, private val writab
         input: ByteArray,
         decode: (ByteArray) -> O,
     ): FutureImpl<O> {
+        checkTarget("call", service, handler)
         inv.checkUsable("call")
         val replayed = inv.matchJournal(EntryKind.CALL, null, target = "$service/$handler")
         val index = replayed?.index
@@ -153,7 +160,12 @@ internal class InvocationContext(private val inv: Invocation, private val writab
     }
 
     override fun send(service: String, handler: String, key: String, input: ByteArray, delay: Duration) {
-        require(!delay.isNegative()) { "send delay must not be negative: $delay" }
+        checkTarget("send", service, handler)
+        if (delay.isNegative()) {
+            misuse(
+                "ctx.send to $service/$handler with delay $delay: the delay must not be negative",
+            )
+        }
         inv.checkUsable("send")
         if (inv.matchJournal(EntryKind.SEND, null, target = "$service/$handler") == null) {
             inv.append(
@@ -176,15 +188,15 @@ internal class InvocationContext(private val inv: Invocation, private val writab
         inv.checkUsable("awakeable")
         val index = inv.matchJournal(EntryKind.AWAKEABLE, null)?.index
             ?: inv.append(JournalEntry(inv.nextIndex, EntryKind.AWAKEABLE))
-        return AwakeableImpl(inv, index, awakeableId(inv.start.id, index)) { decodePayload(serializer, it) }
+        return AwakeableImpl(inv, index, awakeableId(inv.start.id, index)) { decodePayload(json, serializer, it) }
     }
 
     override fun <T> resolveAwakeable(id: String, serializer: KSerializer<T>, value: T) {
-        completeAwakeable(id, encodePayload(serializer, value), null)
+        completeAwakeable(id, encodePayload(json, serializer, value), null)
     }
 
     override fun rejectAwakeable(id: String, message: String, code: Int) {
-        require(code in 0..65535) { "failure code must be in 0..65535, got $code" }
+        if (code !in 0..65535) misuse("rejecting with code $code: a failure code must be in 0..65535")
         completeAwakeable(id, null, Failure(code, message))
     }
 
@@ -200,8 +212,10 @@ internal class InvocationContext(private val inv: Invocation, private val writab
     // Durable promises ------------------------------------------------------------------------------
 
     override fun <T> promise(name: String, serializer: KSerializer<T>): DurablePromise<T> {
-        check(inv.handler.serviceKind == ServiceKind.WORKFLOW) {
-            "durable promises exist only in workflows; ${inv.handler.qualifiedName} is not a workflow handler"
+        if (inv.handler.serviceKind != ServiceKind.WORKFLOW) {
+            misuse(
+                "ctx.promise(\"$name\"): durable promises exist only in workflows; ${inv.handler.qualifiedName} is not one",
+            )
         }
         return PromiseImpl(name, serializer)
     }
@@ -212,7 +226,7 @@ internal class InvocationContext(private val inv: Invocation, private val writab
             inv.checkUsable("promise.future")
             val index = inv.matchJournal(EntryKind.GET_PROMISE, name)?.index
                 ?: inv.append(JournalEntry(inv.nextIndex, EntryKind.GET_PROMISE, name))
-            return FutureImpl(inv, index) { decodePayload(serializer, it) }
+            return FutureImpl(inv, index) { decodePayload(json, serializer, it) }
         }
 
         override suspend fun await(): T = future().await()
@@ -225,13 +239,13 @@ internal class InvocationContext(private val inv: Invocation, private val writab
                 ?: inv.append(JournalEntry(inv.nextIndex, EntryKind.PEEK_PROMISE, name))
             val r = inv.awaits.uncancellable(index)
             r.failure?.let { throw TerminalException(it.code, it.message) }
-            return r.value?.let { decodePayload(serializer, it) }
+            return r.value?.let { decodePayload(json, serializer, it) }
         }
 
-        override suspend fun resolve(value: T) = complete(encodePayload(serializer, value), null)
+        override suspend fun resolve(value: T) = complete(encodePayload(json, serializer, value), null)
 
         override suspend fun reject(message: String, code: Int) {
-            require(code in 0..65535) { "failure code must be in 0..65535, got $code" }
+            if (code !in 0..65535) misuse("rejecting with code $code: a failure code must be in 0..65535")
             complete(null, Failure(code, message))
         }
 
@@ -246,4 +260,17 @@ internal class InvocationContext(private val inv: Invocation, private val writab
 
         override fun toString(): String = "DurablePromise($name)"
     }
+
+    /** The names of an untyped call's target must be names (not `"Counter/add"`): nothing else can be checked here. */
+    private fun checkTarget(op: String, service: String, handler: String) {
+        if (!NAME_PATTERN.matches(service) || !NAME_PATTERN.matches(handler)) {
+            misuse(
+                "ctx.$op(\"$service\", \"$handler\", …): service and handler must be names matching " +
+                    "${NAME_PATTERN.pattern}; pass the key separately",
+            )
+        }
+    }
+
+    /** A mistake in the handler's code that a retry would repeat: a terminal 400, not a retryable exception. */
+    private fun misuse(message: String): Nothing = throw TerminalException(ErrorCode.BAD_REQUEST, message)
 }

@@ -5,6 +5,7 @@ import com.sun.net.httpserver.HttpExchange
 import com.sun.net.httpserver.HttpServer
 import kotlinx.coroutines.ExecutorCoroutineDispatcher
 import kotlinx.coroutines.asCoroutineDispatcher
+import kotlinx.serialization.json.Json
 import java.io.IOException
 import java.net.InetSocketAddress
 import java.util.concurrent.CountDownLatch
@@ -23,8 +24,13 @@ import java.util.concurrent.atomic.AtomicInteger
  *     KilnEndpoint().bind(Counter()).listen()
  * }
  * ```
+ *
+ * @property json the JSON of every payload (inputs, outputs, `run` results, call inputs and outputs,
+ *   awakeable and promise values) and state value of the services bound to this endpoint, typed
+ *   calls included. Default: [defaultJson]. To add serializers, start from it:
+ *   `KilnEndpoint(Json(KilnEndpoint.defaultJson) { serializersModule = myModule })`.
  */
-public class KilnEndpoint {
+public class KilnEndpoint(public val json: Json = defaultJson) {
     private val services = LinkedHashMap<String, ServiceDefinition>()
 
     /**
@@ -35,7 +41,7 @@ public class KilnEndpoint {
      * run handler).
      */
     public fun bind(service: Any): KilnEndpoint {
-        val def = defineService(service)
+        val def = defineService(service, json)
         require(def.name !in services) { "a service named '${def.name}' is already bound" }
         services[def.name] = def
         return this
@@ -75,13 +81,23 @@ public class KilnEndpoint {
         server.awaitStop()
     }
 
-    private companion object {
-        const val BACKLOG = 256
+    /** The default JSON settings of an endpoint. */
+    public companion object {
+        /**
+         * The default [json]: kotlinx.serialization's defaults, but unknown keys are ignored (a
+         * newer caller may send fields this code does not know yet) and default values are encoded
+         * (a field `closed: Boolean = false` is written to outputs and state, so every reader sees
+         * it, whatever its own defaults).
+         */
+        public val defaultJson: Json get() = KilnJson
 
-        fun defaultPort(): Int = System.getenv("PORT")?.trim()?.takeIf { it.isNotEmpty() }?.toInt() ?: 9080
-        fun defaultHost(): String = System.getenv("BIND_HOST")?.trim()?.takeIf { it.isNotEmpty() } ?: "127.0.0.1"
+        private const val BACKLOG = 256
 
-        fun namedThreads(prefix: String): ThreadFactory {
+        private fun defaultPort(): Int = System.getenv("PORT")?.trim()?.takeIf { it.isNotEmpty() }?.toInt() ?: 9080
+        private fun defaultHost(): String =
+            System.getenv("BIND_HOST")?.trim()?.takeIf { it.isNotEmpty() } ?: "127.0.0.1"
+
+        private fun namedThreads(prefix: String): ThreadFactory {
             val n = AtomicInteger()
             return ThreadFactory { r -> Thread(r, "$prefix-${n.incrementAndGet()}").apply { isDaemon = true } }
         }
@@ -148,7 +164,7 @@ private fun serve(
     } catch (e: IOException) {
         // the peer went away; nothing to report to it
     } catch (e: Throwable) {
-        System.err.println("kiln-sdk: unexpected error serving ${ex.requestMethod} ${ex.requestURI}: $e")
+        endpointLog.warn("unexpected error serving {} {}", ex.requestMethod, ex.requestURI, e)
     } finally {
         ex.close()
     }

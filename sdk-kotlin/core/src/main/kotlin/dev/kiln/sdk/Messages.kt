@@ -47,6 +47,9 @@ internal object EntryKind {
 /** Error codes the SDK puts in ERROR frames. */
 internal object ErrorCode {
     const val RETRYABLE = 500
+
+    /** A terminal failure for a request the code cannot make right by retrying: undecodable input, a misused typed call. */
+    const val BAD_REQUEST = 400
     const val STATE_WRITE_FROM_SHARED = 409
     const val TIMEOUT = 408
     const val CANCELLED = 409
@@ -272,12 +275,44 @@ internal object Bodies {
 
     fun suspend(waitingOn: Collection<Int>): ByteArray = Msgpack.encodeMap(mapOf("waiting_on" to waitingOn.sorted()))
 
-    fun error(code: Int, message: String, retryable: Boolean, index: Int? = null): ByteArray {
+    fun error(
+        code: Int,
+        message: String,
+        retryable: Boolean,
+        index: Int? = null,
+        stacktrace: String? = null,
+    ): ByteArray {
         val m = LinkedHashMap<String, Any?>()
         m["code"] = code
         m["message"] = message
         m["retryable"] = retryable
         if (index != null) m["index"] = index
+        if (stacktrace != null) m["stacktrace"] = truncateUtf8(stacktrace, STACKTRACE_BYTES_MAX)
         return Msgpack.encodeMap(m)
     }
+
+    /** The limit of an ERROR frame's `stacktrace` (protocol §2), in UTF-8 bytes. */
+    const val STACKTRACE_BYTES_MAX = 16 * 1024
+}
+
+/** [s] cut to at most [maxBytes] UTF-8 bytes, never inside a character; a cut ends with a marker line. */
+internal fun truncateUtf8(s: String, maxBytes: Int): String {
+    if (s.length * 3 <= maxBytes || s.encodeToByteArray().size <= maxBytes) return s
+    val marker = "\n\t... (truncated to $maxBytes bytes)"
+    val budget = maxBytes - marker.encodeToByteArray().size
+    var bytes = 0
+    var i = 0
+    while (i < s.length) {
+        val cp = s.codePointAt(i)
+        val n = when {
+            cp < 0x80 -> 1
+            cp < 0x800 -> 2
+            cp < 0x10000 -> 3
+            else -> 4
+        }
+        if (bytes + n > budget) break
+        bytes += n
+        i += Character.charCount(cp)
+    }
+    return s.substring(0, i) + marker
 }

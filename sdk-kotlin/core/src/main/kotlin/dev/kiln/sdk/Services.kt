@@ -8,7 +8,8 @@ import kotlinx.serialization.json.buildJsonObject
 import kotlinx.serialization.json.put
 import kotlinx.serialization.json.putJsonArray
 import kotlinx.serialization.json.putJsonObject
-import kotlinx.serialization.serializer
+import org.slf4j.Logger
+import org.slf4j.LoggerFactory
 import java.lang.reflect.InvocationTargetException
 import java.lang.reflect.Method
 import kotlin.coroutines.intrinsics.suspendCoroutineUninterceptedOrReturn
@@ -18,9 +19,6 @@ import kotlin.reflect.KType
 import kotlin.reflect.full.declaredMemberFunctions
 import kotlin.reflect.full.findAnnotation
 import kotlin.reflect.jvm.javaMethod
-
-/** JSON used for every user payload (inputs, outputs, state values, run results). */
-internal val KilnJson: Json = Json { ignoreUnknownKeys = true }
 
 internal enum class ServiceKind(val wire: String) {
     SERVICE("service"),
@@ -38,7 +36,8 @@ internal enum class HandlerKind(val wire: String) { EXCLUSIVE("exclusive"), SHAR
 /** A handler's `retryPolicy` in discovery; `null` fields are left to the runtime. */
 internal class RetryPolicySpec(val initialIntervalMs: Long?, val maxIntervalMs: Long?, val maxAttempts: Int?)
 
-private val NAME_PATTERN = Regex("[A-Za-z_][A-Za-z0-9_]*")
+/** Service and handler names (protocol §1). */
+internal val NAME_PATTERN = Regex("[A-Za-z_][A-Za-z0-9_]*")
 
 internal class ServiceDefinition(val name: String, val kind: ServiceKind, val handlers: Map<String, HandlerDefinition>)
 
@@ -48,6 +47,10 @@ internal class HandlerDefinition(
     val serviceKind: ServiceKind,
     val kind: HandlerKind,
     val retryPolicy: RetryPolicySpec?,
+    /** The JSON of the endpoint the service is bound to: payloads and state values. */
+    val json: Json,
+    /** The logger named after the service's class, behind `ctx.logger`. */
+    val logger: Logger,
     private val instance: Any,
     private val method: Method,
     private val inputType: KType?,
@@ -61,17 +64,33 @@ internal class HandlerDefinition(
     val shared: Boolean get() = kind == HandlerKind.SHARED
 
     /**
-     * Decodes [input], calls the handler and encodes its result. A body that does not decode is a
-     * [TerminalException] with code 400 (retrying cannot fix it).
+     * Decodes [input], calls the handler and encodes its result. A body that does not decode (or
+     * a body given to a handler without input) is a [TerminalException] with code 400: retrying
+     * cannot fix it.
      */
     suspend fun invoke(ctx: Context, input: ByteArray): ByteArray {
-        val args: Array<Any?> = if (inputSerializer == null) arrayOf(ctx) else arrayOf(ctx, decodeInput(input))
+        val args: Array<Any?> = if (inputSerializer == null) {
+            checkNoInput(input)
+            arrayOf(ctx)
+        } else {
+            arrayOf(ctx, decodeInput(input))
+        }
         val result = callSuspend(args)
         return if (outputSerializer == null) {
             ByteArray(0)
         } else {
-            KilnJson.encodeToString(outputSerializer, result).encodeToByteArray()
+            json.encodeToString(outputSerializer, result).encodeToByteArray()
         }
+    }
+
+    /** An empty body, or JSON `null`, is "no input"; anything else is a caller's mistake. */
+    private fun checkNoInput(input: ByteArray) {
+        val text = input.decodeToString().trim()
+        if (text.isEmpty() || text == "null") return
+        throw TerminalException(
+            ErrorCode.BAD_REQUEST,
+            "handler $qualifiedName takes no input, got a body of ${input.size} bytes: send an empty body",
+        )
     }
 
     private fun decodeInput(input: ByteArray): Any? {
@@ -79,14 +98,15 @@ internal class HandlerDefinition(
         if (input.isEmpty()) {
             if (inputType!!.isMarkedNullable) return null
             throw TerminalException(
-                400,
-                "handler $qualifiedName expects an input of type $inputType, got an empty body",
+                ErrorCode.BAD_REQUEST,
+                "handler $qualifiedName expects $inputType, got an empty body",
             )
         }
         return try {
-            KilnJson.decodeFromString(ser, input.decodeToString())
+            json.decodeFromString(ser, input.decodeToString())
         } catch (e: Exception) {
-            throw TerminalException(400, "invalid input for $qualifiedName: ${e.message}")
+            // a SerializationException, or an exception of the input class's init block: the same on every retry
+            throw TerminalException(ErrorCode.BAD_REQUEST, "handler $qualifiedName expects $inputType: ${e.message}")
         }
     }
 
@@ -99,8 +119,11 @@ internal class HandlerDefinition(
     }
 }
 
-/** Reads the annotations of [instance]'s class and builds its definition; fails on misuse. */
-internal fun defineService(instance: Any): ServiceDefinition {
+/**
+ * Reads the annotations of [instance]'s class and builds its definition, with serializers from
+ * [json]'s module; fails on misuse ([IllegalArgumentException], at bind time).
+ */
+internal fun defineService(instance: Any, json: Json = KilnJson): ServiceDefinition {
     val cls: KClass<*> = instance::class
     val (serviceName, kind) = serviceIdentity(cls)
 
@@ -113,7 +136,7 @@ internal fun defineService(instance: Any): ServiceDefinition {
         }
         .sortedBy { it.name }
     for (f in functions) {
-        val h = defineHandler(instance, serviceName, kind, f)
+        val h = defineHandler(instance, serviceName, kind, f, json)
         require(handlers.put(h.name, h) == null) { "service $serviceName has two handlers named '${h.name}'" }
     }
     require(handlers.isNotEmpty()) { "service $serviceName (${cls.qualifiedName}) has no @Handler functions" }
@@ -152,7 +175,13 @@ internal fun handlerName(f: KFunction<*>): String {
 }
 
 @Suppress("UNCHECKED_CAST")
-private fun defineHandler(instance: Any, serviceName: String, kind: ServiceKind, f: KFunction<*>): HandlerDefinition {
+private fun defineHandler(
+    instance: Any,
+    serviceName: String,
+    kind: ServiceKind,
+    f: KFunction<*>,
+    json: Json,
+): HandlerDefinition {
     val name = handlerName(f)
     val where = "handler $serviceName/$name (${instance::class.qualifiedName}.${f.name})"
     require(NAME_PATTERN.matches(name)) { "$where: name does not match ${NAME_PATTERN.pattern}" }
@@ -175,26 +204,28 @@ private fun defineHandler(instance: Any, serviceName: String, kind: ServiceKind,
     val params = f.parameters.drop(1) // the receiver (instance)
     require(params.size in 1..2) { "$where must take a context and at most one input parameter" }
     val ctxClass = params[0].type.classifier
+    // Context only for services, a keyed context only for objects and workflows: the typed calls'
+    // overloads tell keyed from unkeyed targets by it (checkContextType).
     val allowed: Set<KClass<*>> = when {
         kind == ServiceKind.SERVICE -> setOf(Context::class)
         handlerKind == HandlerKind.WORKFLOW -> setOf(
-            Context::class,
             SharedObjectContext::class,
             ObjectContext::class,
             SharedWorkflowContext::class,
             WorkflowContext::class,
         )
-        kind == ServiceKind.WORKFLOW -> setOf(Context::class, SharedObjectContext::class, SharedWorkflowContext::class)
-        handlerKind == HandlerKind.SHARED -> setOf(Context::class, SharedObjectContext::class)
-        else -> setOf(Context::class, SharedObjectContext::class, ObjectContext::class)
+        kind == ServiceKind.WORKFLOW -> setOf(SharedObjectContext::class, SharedWorkflowContext::class)
+        handlerKind == HandlerKind.SHARED -> setOf(SharedObjectContext::class)
+        else -> setOf(SharedObjectContext::class, ObjectContext::class)
     }
     require(ctxClass in allowed) {
-        "$where: first parameter must be one of ${allowed.map { it.simpleName }}, is ${params[0].type}"
+        val why = checkContextType(kind, ctxClass)?.let { " ($it)" }.orEmpty()
+        "$where: first parameter must be one of ${allowed.map { it.simpleName }}, is ${params[0].type}$why"
     }
     val inputType = params.getOrNull(1)?.type
-    val inputSerializer = inputType?.let { serializerFor(it, where) }
+    val inputSerializer = inputType?.let { serializerFor(json, it, where) }
     val returnType = f.returnType
-    val outputSerializer = if (returnType.classifier == Unit::class) null else serializerFor(returnType, where)
+    val outputSerializer = if (returnType.classifier == Unit::class) null else serializerFor(json, returnType, where)
 
     val method = f.javaMethod ?: throw IllegalArgumentException("$where has no JVM method")
     if (!method.canAccess(instance)) method.isAccessible = true
@@ -209,17 +240,9 @@ private fun defineHandler(instance: Any, serviceName: String, kind: ServiceKind,
         ).takeIf { it.initialIntervalMs != null || it.maxIntervalMs != null || it.maxAttempts != null }
     }
     return HandlerDefinition(
-        serviceName, name, kind, handlerKind, retry, instance, method, inputType,
+        serviceName, name, kind, handlerKind, retry, json, LoggerFactory.getLogger(instance.javaClass), instance,
+        method, inputType,
         inputSerializer as KSerializer<Any?>?, outputSerializer as KSerializer<Any?>?,
-    )
-}
-
-internal fun serializerFor(type: KType, where: String): KSerializer<*> = try {
-    serializer(type)
-} catch (e: Exception) {
-    throw IllegalArgumentException(
-        "$where: type $type is not serializable with kotlinx.serialization (${e.message})",
-        e,
     )
 }
 

@@ -1,15 +1,17 @@
-// The public API of the Kiln Kotlin SDK. Everything a handler author uses is in this file and in
-// KilnEndpoint.kt; every other declaration of the SDK is `internal`. (The lower-case file name is
-// deliberate, hence the suppressed ktlint filename rule.)
+// The public API of the Kiln Kotlin SDK. Everything a handler author uses is in this file, in
+// TypedCalls.kt and in KilnEndpoint.kt; every other declaration of the SDK is `internal`. (The
+// lower-case file name is deliberate, hence the suppressed ktlint filename rule.)
 @file:Suppress("ktlint:standard:filename")
 
 package dev.kiln.sdk
 
 import kotlinx.serialization.KSerializer
+import kotlinx.serialization.modules.SerializersModule
 import kotlinx.serialization.serializer
+import org.slf4j.Logger
 import kotlin.random.Random
-import kotlin.reflect.KSuspendFunction2
-import kotlin.reflect.KSuspendFunction3
+import kotlin.reflect.KType
+import kotlin.reflect.typeOf
 import kotlin.time.Duration
 import kotlin.time.Duration.Companion.milliseconds
 import kotlin.time.Duration.Companion.seconds
@@ -121,6 +123,15 @@ public annotation class Retry(val initialIntervalMs: Long = -1, val maxIntervalM
 public sealed interface Context {
     /** The id of this invocation, identical on every attempt. */
     public val invocationId: String
+
+    /**
+     * A logger (SLF4J, named after the service's class) that is **silent while the invocation
+     * replays**: until the attempt has consumed the journal entries known when it started, the code
+     * re-executes what an earlier attempt already ran and logged. After the last of them (e.g. right
+     * after a replayed `run`) it logs normally. While the handler's code (its coroutines and `run`
+     * blocks) runs, the MDC holds `kiln.invocationId`, `kiln.service` and `kiln.handler`.
+     */
+    public val logger: Logger
 
     /**
      * Runs [block] once and journals its result under [name]: the block's value (encoded with
@@ -384,65 +395,20 @@ public suspend fun List<DurableFuture<*>>.awaitAny(): Int = awaitAnyFuture(this)
 public suspend fun <T> awaitFirst(vararg futures: DurableFuture<out T>): T = awaitFirstFuture(futures.toList())
 
 // ---------------------------------------------------------------------------------------------
-// Typed calls and sends (callable references, no code generation)
+// Reified forms (serializers from the endpoint's JSON module, so contextual serializers work)
 // ---------------------------------------------------------------------------------------------
 
 /**
- * Calls the handler [handler] of the virtual object or workflow instance [key] with [input]:
- * `ctx.call(Counter::add, "my-key", 5L)`. Service and handler names come from the annotations of
- * the referenced class and function; input and output are encoded with the function's parameter
- * and return types. [handler] must be an unbound reference `Class::function`.
- *
- * @throws IllegalArgumentException if [handler] is not a handler of an annotated class, or
- *   targets a stateless service (call those without a key).
+ * The serializer of [T] in the serializers module of the endpoint's JSON (see
+ * [KilnEndpoint.json]); a type with none is a `TerminalException(400)` naming the fix (retrying
+ * cannot make it serializable).
  */
-public fun <I, O> Context.call(
-    handler: KSuspendFunction3<Nothing, Nothing, I, O>,
-    key: String,
-    input: I,
-): DurableFuture<O> = callTyped(this, handler, key, input, hasInput = true)
-
-/** Calls a handler without input of the virtual object or workflow instance [key]: `ctx.call(Counter::get, "my-key")`. */
-public fun <O> Context.call(handler: KSuspendFunction2<Nothing, Nothing, O>, key: String): DurableFuture<O> =
-    callTyped(this, handler, key, null, hasInput = false)
-
-/** Calls a handler of a stateless service with [input]: `ctx.call(Steps::threeStep, "x")`. */
-public fun <I, O> Context.call(handler: KSuspendFunction3<Nothing, Nothing, I, O>, input: I): DurableFuture<O> =
-    callTyped(this, handler, null, input, hasInput = true)
-
-/** Calls a handler without input of a stateless service: `ctx.call(Clock::now)`. */
-public fun <O> Context.call(handler: KSuspendFunction2<Nothing, Nothing, O>): DurableFuture<O> =
-    callTyped(this, handler, null, null, hasInput = false)
-
-/**
- * Sends a one-way message to [handler] of the virtual object or workflow instance [key] with
- * [input], delivered after [delay]: `ctx.send(Device::checkHeartbeat, key, seq, delay = 10.seconds)`.
- * Names and encoding as for [call]; the handler's output is discarded.
- */
-public fun <I> Context.send(
-    handler: KSuspendFunction3<Nothing, Nothing, I, *>,
-    key: String,
-    input: I,
-    delay: Duration = Duration.ZERO,
-): Unit = sendTyped(this, handler, key, input, hasInput = true, delay)
-
-/** Sends a one-way message without input to [handler] of the instance [key]. */
-public fun Context.send(
-    handler: KSuspendFunction2<Nothing, Nothing, *>,
-    key: String,
-    delay: Duration = Duration.ZERO,
-): Unit = sendTyped(this, handler, key, null, hasInput = false, delay)
-
-/** Sends a one-way message with [input] to [handler] of a stateless service. */
-public fun <I> Context.send(
-    handler: KSuspendFunction3<Nothing, Nothing, I, *>,
-    input: I,
-    delay: Duration = Duration.ZERO,
-): Unit = sendTyped(this, handler, null, input, hasInput = true, delay)
-
-/** Sends a one-way message without input to [handler] of a stateless service. */
-public fun Context.send(handler: KSuspendFunction2<Nothing, Nothing, *>, delay: Duration = Duration.ZERO): Unit =
-    sendTyped(this, handler, null, null, hasInput = false, delay)
+@PublishedApi
+internal inline fun <reified T> Context.serializerOf(): KSerializer<T> = try {
+    kilnSerializersModule.serializer<T>()
+} catch (e: IllegalArgumentException) {
+    throw unserializable(typeOf<T>(), e)
+}
 
 /**
  * Untyped call whose output is decoded as [O]: `ctx.call<Long>("Counter", "add", "my-key", "5".toByteArray())`.
@@ -453,14 +419,14 @@ public inline fun <reified O> Context.call(
     handler: String,
     key: String,
     input: ByteArray,
-): DurableFuture<O> = call(service, handler, key, input, serializer<O>())
+): DurableFuture<O> = call(service, handler, key, input, serializerOf<O>())
 
 /**
  * Reified form of [Context.run]: `val id = ctx.run<String>("create-user") { api.create() }`.
  * The result type [T] must be serializable with kotlinx.serialization.
  */
 public suspend inline fun <reified T> Context.run(name: String, noinline block: suspend () -> T): T =
-    run(name, serializer<T>(), block)
+    run(name, serializerOf<T>(), block)
 
 /**
  * Reified form of [Context.run] with in-process retries:
@@ -470,31 +436,31 @@ public suspend inline fun <reified T> Context.run(
     name: String,
     retryPolicy: RetryPolicy,
     noinline block: suspend () -> T,
-): T = run(name, retryPolicy, serializer<T>(), block)
+): T = run(name, retryPolicy, serializerOf<T>(), block)
 
 /**
  * Reified form of [Context.runAsync]: `val a = ctx.runAsync<String>("fetch-a") { api.fetch("a") }`.
  */
 public inline fun <reified T> Context.runAsync(name: String, noinline block: suspend () -> T): DurableFuture<T> =
-    runAsync(name, serializer<T>(), block)
+    runAsync(name, serializerOf<T>(), block)
 
 /** Reified form of [Context.runAsync] with in-process retries. */
 public inline fun <reified T> Context.runAsync(
     name: String,
     retryPolicy: RetryPolicy,
     noinline block: suspend () -> T,
-): DurableFuture<T> = runAsync(name, retryPolicy, serializer<T>(), block)
+): DurableFuture<T> = runAsync(name, retryPolicy, serializerOf<T>(), block)
 
 /** Reified form of [Context.awakeable]: `val a = ctx.awakeable<String>()`. */
-public inline fun <reified T> Context.awakeable(): Awakeable<T> = awakeable(serializer<T>())
+public inline fun <reified T> Context.awakeable(): Awakeable<T> = awakeable(serializerOf<T>())
 
 /** Reified form of [Context.resolveAwakeable]. */
 public inline fun <reified T> Context.resolveAwakeable(id: String, value: T): Unit =
-    resolveAwakeable(id, serializer<T>(), value)
+    resolveAwakeable(id, serializerOf<T>(), value)
 
 /** Reified form of [SharedWorkflowContext.promise]: `ctx.promise<String>("confirmed")`. */
 public inline fun <reified T> SharedWorkflowContext.promise(name: String): DurablePromise<T> =
-    promise(name, serializer<T>())
+    promise(name, serializerOf<T>())
 
 /**
  * How [Context.run] retries its block in process: the delay before retry `n` (1-based) is
@@ -528,19 +494,53 @@ public class RetryPolicy(
 // ---------------------------------------------------------------------------------------------
 
 /**
- * A typed name of a state entry. Values are stored as JSON produced by [serializer].
- * Create one with [stateKey], typically in a `companion object`.
+ * A typed name of a state entry. Values are stored as JSON, by the JSON of the endpoint the
+ * service is bound to (see [KilnEndpoint.json]). Create one with [stateKey], typically in a
+ * `companion object`.
  *
  * @property name the state entry's name.
- * @property serializer encodes and decodes the entry's value.
  */
-public class StateKey<T>(public val name: String, public val serializer: KSerializer<T>) {
+public class StateKey<T> private constructor(
+    public val name: String,
+    private val explicit: KSerializer<T>?,
+    private val type: KType?,
+) {
+    /** A key whose values are encoded with [serializer], whatever the endpoint's serializers module. */
+    public constructor(name: String, serializer: KSerializer<T>) : this(name, serializer, null)
+
+    /** A key of values of [type], serialized as the endpoint's serializers module says ([stateKey]). */
+    @PublishedApi
+    internal constructor(name: String, type: KType) : this(name, null, type)
+
+    /**
+     * The serializer given to the constructor, or else (keys made by [stateKey]) the one of the
+     * value type in the default serializers module. Handlers use the endpoint's module instead, so
+     * a contextual serializer registered there applies.
+     */
+    public val serializer: KSerializer<T> get() = serializerIn(KilnJson.serializersModule)
+
+    @Volatile private var cached: Pair<SerializersModule, KSerializer<T>>? = null
+
+    /** The serializer of the values in [module]; a type without one is a `TerminalException(400)`. */
+    @Suppress("UNCHECKED_CAST")
+    internal fun serializerIn(module: SerializersModule): KSerializer<T> {
+        explicit?.let { return it }
+        cached?.let { if (it.first === module) return it.second }
+        val ser = try {
+            module.serializer(type!!) as KSerializer<T>
+        } catch (e: IllegalArgumentException) {
+            throw unserializable(type!!, e, "state key '$name'")
+        }
+        cached = module to ser
+        return ser
+    }
+
     /** Returns `StateKey(name)`. */
     override fun toString(): String = "StateKey($name)"
 }
 
 /** Creates a [StateKey] for values of type [T]: `val COUNT = stateKey<Long>("count")`. */
-public inline fun <reified T> stateKey(name: String): StateKey<T> = StateKey(name, serializer<T>())
+public inline fun <reified T> stateKey(name: String): StateKey<T> = StateKey(name, typeOf<T>())
 
 /**
  * A failure that must not be retried. Thrown by a handler, it completes the invocation as failed

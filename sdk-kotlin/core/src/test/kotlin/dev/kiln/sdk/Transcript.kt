@@ -1,6 +1,7 @@
 package dev.kiln.sdk
 
 import kotlinx.coroutines.asCoroutineDispatcher
+import kotlinx.serialization.json.Json
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.fail
@@ -14,10 +15,10 @@ import java.util.concurrent.TimeUnit
 /**
  * Test harness: runs one invocation attempt of [handlerName] of [service] with no server. Frames
  * fed in are encoded to bytes and read back by the real frame reader; frames coming out are
- * parsed from the bytes the state machine wrote.
+ * parsed from the bytes the state machine wrote. [json] plays the endpoint's JSON.
  */
-internal class Transcript(service: Any, handlerName: String) : AutoCloseable {
-    val definition = defineService(service)
+internal class Transcript(service: Any, handlerName: String, json: Json = KilnJson) : AutoCloseable {
+    val definition = defineService(service, json)
     private val handler = definition.handlers[handlerName] ?: error("no handler $handlerName")
     private val input = QueueInputStream()
     private val output = FrameCollector()
