@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# The whole test suite: Kotlin SDK unit tests (protocol transcripts) and example jars via
-# Maven, then rustfmt and clippy (warnings are errors), then Rust unit, component and
-# end-to-end tests (real kiln binary, real Kotlin services).
+# The whole test suite: the kiln binary first (the Kotlin tests run against it), then via Maven
+# the Kotlin SDK's unit tests (protocol transcripts), the client's, and the @KilnTest tests of
+# kiln-testing and the examples (real kiln, services in the test JVM) plus the example jars, then
+# the standalone template project against the installed SDK; then rustfmt and clippy (warnings
+# are errors), then Rust unit, component and end-to-end tests (real kiln binary, real Kotlin
+# services).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "==> Kotlin SDK tests and example jars"
+echo "==> kiln binary (debug; cargo test reuses it)"
+cargo build --locked
+# Read by kiln-testing (KilnBinary) in the test JVMs Maven forks.
+export KILN_BINARY="$PWD/target/debug/kiln"
+echo "==> Kotlin SDK, client and testing modules, examples (Maven)"
 mvn -B -q -Dkotlin.compiler.daemon=false -f examples/pom.xml install
+echo "==> Template project (standalone; uses the SDK installed above)"
+mvn -B -q -Dkotlin.compiler.daemon=false -f examples/template/pom.xml verify
 echo "==> Rust format and lints"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
