@@ -31,7 +31,10 @@ fn layers() -> Vec<(&'static str, Vec<&'static str>)> {
         // What the node reads of placement; changing it is `cluster`, above the node.
         ("placement", with(&[BASE, &["invoker", "placement"]])),
         // The metadata group: only it names openraft.
-        ("metadata", with(&[BASE, &["invoker", "schema", "placement", "metadata"]])),
+        (
+            "metadata",
+            with(&[BASE, &["invoker", "schema", "placement", "metadata"]]),
+        ),
         (
             "node",
             with(&[BASE, RUNTIME, &["object", "placement", "metadata", "node"]]),
