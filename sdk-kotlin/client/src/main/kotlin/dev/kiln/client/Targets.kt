@@ -1,23 +1,23 @@
 // The target of a typed call (`client.call(Counter::add, …)`): service and handler names, whether
 // the target is keyed, and the input and output serializers, read by reflection from the SDK's
-// public annotations once per referenced function and cached. The rules are the SDK's (its
-// discovery publishes the same names): the class's @Service/@VirtualObject/@Workflow name or its
-// simple name; @Handler(name) or @Workflow(name) on the function, or the function's name.
+// public annotations once per referenced function and cached. The names come from the SDK itself
+// (`serviceAddressOf`, `handlerNameOf`: the names its discovery publishes).
+@file:OptIn(KilnInternalApi::class)
+
 package dev.kiln.client
 
 import dev.kiln.sdk.Handler
-import dev.kiln.sdk.Service
+import dev.kiln.sdk.KilnInternalApi
 import dev.kiln.sdk.Shared
-import dev.kiln.sdk.VirtualObject
 import dev.kiln.sdk.Workflow
+import dev.kiln.sdk.handlerNameOf
+import dev.kiln.sdk.serviceAddressOf
 import kotlinx.serialization.KSerializer
 import kotlinx.serialization.serializer
 import java.util.concurrent.ConcurrentHashMap
-import kotlin.reflect.KClass
 import kotlin.reflect.KFunction
 import kotlin.reflect.KParameter
 import kotlin.reflect.KType
-import kotlin.reflect.full.findAnnotation
 import kotlin.reflect.jvm.javaMethod
 
 /** A handler as the ingress addresses it. */
@@ -65,40 +65,17 @@ internal object HandlerTargets {
         require(params.size in 1..2) { "$where is not a handler: it must take a context and at most one input" }
         val annotated = f.annotations.any { it is Handler || it is Shared || it is Workflow }
         require(annotated) { "$where is not annotated @Handler, @Shared or @Workflow" }
-        val (service, kind) = serviceIdentity(cls)
+        val service = serviceAddressOf(cls)
         val input = params.getOrNull(1)?.type?.let { serializerFor(it, where) }
         val output = serializerFor(f.returnType, where)
         return HandlerTarget(
-            service = service,
-            handler = handlerName(f),
-            keyed = kind != "service",
-            kindName = kind.replace('_', ' '),
+            service = service.name,
+            handler = handlerNameOf(f),
+            keyed = service.keyed,
+            kindName = service.kind.replace('_', ' '),
             inputSerializer = input as KSerializer<Any?>?,
             outputSerializer = output as KSerializer<Any?>,
         )
-    }
-
-    /** The service name and kind (`service`, `virtual_object`, `workflow`) of an annotated class. */
-    private fun serviceIdentity(cls: KClass<*>): Pair<String, String> {
-        val svc = cls.findAnnotation<Service>()
-        val obj = cls.findAnnotation<VirtualObject>()
-        val wf = cls.findAnnotation<Workflow>()
-        val count = listOfNotNull(svc, obj, wf).size
-        require(count <= 1) { "${cls.qualifiedName} has more than one of @Service, @VirtualObject, @Workflow" }
-        require(count == 1) { "${cls.qualifiedName} is not annotated @Service, @VirtualObject or @Workflow" }
-        val kind = when {
-            obj != null -> "virtual_object"
-            wf != null -> "workflow"
-            else -> "service"
-        }
-        val name = (svc?.name ?: obj?.name ?: wf!!.name).ifEmpty { cls.simpleName ?: "" }
-        return name to kind
-    }
-
-    private fun handlerName(f: KFunction<*>): String {
-        val explicit = f.findAnnotation<Handler>()?.name?.takeIf { it.isNotEmpty() }
-            ?: f.findAnnotation<Workflow>()?.name
-        return explicit.orEmpty().ifEmpty { f.name }
     }
 
     private fun serializerFor(type: KType, where: String): KSerializer<*> = try {
