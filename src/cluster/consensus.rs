@@ -91,30 +91,28 @@ impl Node {
     ) -> Result<Registration, DeploymentError> {
         let _alone = self.deployment_changes.lock().await;
         let registered = self.schema.snapshot().deployments.clone();
-        let registration =
-            versions::register(&registered, &record, force).map_err(|e| DeploymentError::Refused(e.to_string()));
-        let record = if self.has_group().await {
-            // The group applies the rule to the committed deployments and answers with the
-            // record it holds; the check above was only this node's view.
-            let command = MetaCommand::RegisterDeployment { record, force };
-            match self.propose(command).await? {
-                MetaResponse::Registered { record } => record,
-                MetaResponse::Conflict { reason } => return Err(DeploymentError::Refused(reason)),
-                other => return Err(DeploymentError::Unavailable(format!("refused: {other:?}"))),
+        if !self.has_group().await {
+            let registration =
+                versions::register(&registered, &record, force).map_err(|e| DeploymentError::Refused(e.to_string()))?;
+            if registration != Registration::Unchanged {
+                self.install_deployment(record).await?;
             }
-        } else {
-            match registration? {
-                Registration::Unchanged => return Ok(Registration::Unchanged),
-                _ => record,
-            }
+            return Ok(registration);
+        }
+        // The group applies the rule to the committed deployments and answers with the record
+        // it holds; what that changed here is told by this node's copy.
+        let committed = match self.propose(MetaCommand::RegisterDeployment { record, force }).await? {
+            MetaResponse::Registered { record } => record,
+            MetaResponse::Conflict { reason } => return Err(DeploymentError::Refused(reason)),
+            other => return Err(DeploymentError::Unavailable(format!("refused: {other:?}"))),
         };
-        let registration = match registered.iter().find(|d| d.id == record.id) {
+        let registration = match registered.iter().find(|d| d.id == committed.id) {
             None => Registration::Create,
-            Some(d) if *d == record => Registration::Unchanged,
-            Some(d) if d.services == record.services => Registration::Promote,
+            Some(d) if *d == committed => Registration::Unchanged,
+            Some(d) if d.services == committed.services => Registration::Promote,
             Some(_) => Registration::Replace,
         };
-        self.install_deployment(record).await?;
+        self.install_deployment(committed).await?;
         Ok(registration)
     }
 
