@@ -167,6 +167,53 @@ pub fn workflow_run_id(object: &ObjectId) -> InvocationId {
     id
 }
 
+/// The partition key of an invocation with an idempotency key: its object's, or — for a
+/// stateless service, which has no key — one derived from service, handler and idempotency key.
+pub fn idempotent_partition_key(
+    service: &str,
+    handler: &str,
+    key: &str,
+    idempotency_key: &str,
+    stateless: bool,
+) -> u64 {
+    if stateless {
+        stable_hash(&[service.as_bytes(), handler.as_bytes(), idempotency_key.as_bytes()])
+    } else {
+        ObjectId::new(service, key).partition_key()
+    }
+}
+
+/// Id of the invocation of (service, handler, key) under `idempotency_key`: deterministic, so
+/// every request with the same target and key — from the ingress or from a handler's call or
+/// send — names the same invocation, and the first one's owner finds it again.
+pub fn idempotent_id(service: &str, handler: &str, key: &str, idempotency_key: &str, stateless: bool) -> InvocationId {
+    let partition_key = idempotent_partition_key(service, handler, key, idempotency_key, stateless);
+    let low = stable_hash(&[
+        b"idempotency",
+        service.as_bytes(),
+        handler.as_bytes(),
+        key.as_bytes(),
+        idempotency_key.as_bytes(),
+    ]);
+    InvocationId::from_parts(partition_key, low)
+}
+
+/// Invocation ids as text (`inv_…`) in serde: the form SDKs send in new entry kinds
+/// (`attach_invocation`, `cancel_invocation`). Older fields keep the 16-byte form.
+pub mod id_text {
+    use super::InvocationId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &InvocationId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<InvocationId, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Splits an awakeable id into its invocation and journal index.
 pub fn parse_awakeable_id(s: &str) -> Result<(InvocationId, u32), MalformedAwakeableId> {
     let bad = || MalformedAwakeableId(s.chars().take(80).collect());

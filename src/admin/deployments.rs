@@ -96,7 +96,7 @@ fn deployment_json(schema: &Schema, d: &DeploymentRecord, pinned: Option<&Pinned
     let mut v = json!({
         "id": d.id,
         "uri": d.uri,
-        "services": d.services,
+        "services": d.services.iter().map(super::service_json).collect::<Vec<_>>(),
         "registeredAtMs": d.registered_at_ms,
         "newestFor": newest_for,
     });

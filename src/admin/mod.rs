@@ -18,7 +18,7 @@ use crate::ids::InvocationId;
 use crate::journal::{Entry, Output};
 use crate::node::ControlError;
 use crate::node::Node;
-use crate::storage::{InvocationRecord, InvocationStatus};
+use crate::storage::{InvocationRecord, InvocationStatus, ServiceKind, ServiceRecord};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
@@ -84,10 +84,32 @@ async fn list_services(node: web::Data<Node>) -> HttpResponse {
         .iter()
         .flat_map(|d| d.services.iter().map(move |s| (d, s)))
         .filter(|(d, s)| schema.services.get(&s.name).is_some_and(|e| e.deployment_id == d.id))
-        .map(|(d, s)| json!({ "name": s.name, "kind": s.kind, "deploymentId": d.id, "handlers": s.handlers }))
+        .map(|(d, s)| json!({ "name": s.name, "kind": s.kind, "deploymentId": d.id, "handlers": handlers_json(s) }))
         .collect();
     services.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     HttpResponse::Ok().json(json!({ "services": services }))
+}
+
+/// A service's handlers as shown: those of a stateless service are `stateless` (stored as
+/// `shared`, the discovery's word, so that stored deployments compare unchanged).
+pub(crate) fn handlers_json(service: &ServiceRecord) -> Value {
+    let handlers: Vec<Value> = service
+        .handlers
+        .iter()
+        .map(|h| {
+            let mut v = serde_json::to_value(h).unwrap_or(Value::Null);
+            if service.kind == ServiceKind::Service {
+                v["kind"] = json!("stateless");
+            }
+            v
+        })
+        .collect();
+    Value::Array(handlers)
+}
+
+/// A service record as shown.
+pub(crate) fn service_json(service: &ServiceRecord) -> Value {
+    json!({ "name": service.name, "kind": service.kind, "handlers": handlers_json(service) })
 }
 
 /// Payloads are shown as text when they are UTF-8 (JSON from the Kotlin SDK), else as bytes.
@@ -154,6 +176,9 @@ fn invocation_json(node: &Node, id: InvocationId, record: &InvocationRecord, jou
         "attempts": live.as_ref().map(|l| l.attempts).unwrap_or(record.attempts),
         "lastError": live.as_ref().map(|l| l.last_error.clone()).unwrap_or(record.last_error.clone()),
         "nextRetryAtMs": live.as_ref().map(|l| l.next_retry_at_ms).unwrap_or(record.next_retry_at_ms),
+        // When a scheduled invocation (a delayed send) becomes pending.
+        "scheduledAtMs": record.not_before_ms.filter(|_| status == InvocationStatus::Scheduled),
+        "headers": record.headers,
         "deploymentId": record.deployment_id,
         "idempotencyKey": record.idempotency_key,
         "createdAtMs": record.created_at_ms,

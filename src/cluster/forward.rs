@@ -28,7 +28,19 @@ pub const FORWARDED_HEADER: &str = "x-kiln-ring-epoch";
 /// How long a request waits for a partition in motion before it gets a 503.
 const MOVE_WAIT: Duration = Duration::from_secs(30);
 /// Headers relayed in both directions.
-const RELAYED_REQUEST_HEADERS: [&str; 3] = ["content-type", "idempotency-key", "accept"];
+/// Request headers a forwarded request does not carry on: the connection's own (hop-by-hop)
+/// and the forwarding marker. The rest reach the owner, which hands them to the handler.
+pub const UNRELAYED_REQUEST_HEADERS: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    FORWARDED_HEADER,
+];
 const RELAYED_RESPONSE_HEADERS: [&str; 4] = ["content-type", INVOCATION_ID_HEADER, RESTATE_ID_HEADER, "retry-after"];
 
 /// Which listener of the owner a request goes to.
@@ -127,9 +139,9 @@ async fn send(node: &Node, req: &HttpRequest, body: &[u8], addr: &str) -> Result
         .request(method, format!("http://{addr}{path}"))
         .header(FORWARDED_HEADER, node.cluster.epoch().to_string())
         .body(body.to_vec());
-    for name in RELAYED_REQUEST_HEADERS {
-        if let Some(v) = req.headers().get(name) {
-            request = request.header(name, v.as_bytes());
+    for (name, v) in req.headers() {
+        if !UNRELAYED_REQUEST_HEADERS.contains(&name.as_str()) {
+            request = request.header(name.as_str(), v.as_bytes());
         }
     }
     request.send().await

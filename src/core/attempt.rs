@@ -134,6 +134,8 @@ mod tests {
     #[test]
     fn suspension_table() {
         let call = |result: Option<CompletionResult>| Entry::Call {
+            idempotency_key: None,
+            headers: Default::default(),
             service: "S".into(),
             handler: "h".into(),
             key: String::new(),

@@ -45,6 +45,8 @@ mod tests {
     fn completion_table() {
         let id = InvocationId([1; 16]);
         let call = Entry::Call {
+            idempotency_key: None,
+            headers: Default::default(),
             service: "S".into(),
             handler: "h".into(),
             key: String::new(),

@@ -10,7 +10,7 @@ use super::records::{
     HandlerKind, InvocationRecord, InvokeMessage, OutboxMessage, PromiseMessage, PromiseOp, ServiceKind, TimerRecord,
 };
 use super::Write;
-use crate::ids::{parse_awakeable_id, workflow_run_id, InvocationId, ObjectId};
+use crate::ids::{idempotent_id, parse_awakeable_id, workflow_run_id, InvocationId, ObjectId};
 use crate::journal::{CompletionResult, Entry, Failure, StateEffect};
 
 /// A handler that can be invoked, as the registered services say.
@@ -139,7 +139,21 @@ pub fn plan(
             value,
             invocation_id,
             result,
-        } => match invoke_message(inputs, service, handler, key, value, Some(reply_to), None) {
+            idempotency_key,
+            headers,
+        } => match invoke_message(
+            inputs,
+            Callee {
+                service,
+                handler,
+                key,
+                input: value,
+                idempotency_key: idempotency_key.as_deref(),
+                headers,
+            },
+            Some(reply_to),
+            None,
+        ) {
             Ok(message) => {
                 *invocation_id = Some(message.id);
                 writes.push(Write::Outbox(OutboxMessage::Invoke(message)));
@@ -160,12 +174,22 @@ pub fn plan(
             value,
             delay_ms,
             invocation_id,
+            idempotency_key,
+            headers,
         } => {
             let not_before = match delay_ms.filter(|d| *d > 0) {
                 Some(d) => Some(crate::journal::due_at_ms(inputs.now_ms, d)?),
                 None => None,
             };
-            let message = invoke_message(inputs, service, handler, key, value, None, not_before)?;
+            let callee = Callee {
+                service,
+                handler,
+                key,
+                input: value,
+                idempotency_key: idempotency_key.as_deref(),
+                headers,
+            };
+            let message = invoke_message(inputs, callee, None, not_before)?;
             *invocation_id = Some(message.id);
             writes.push(Write::Outbox(OutboxMessage::Invoke(message)));
         }
@@ -179,6 +203,16 @@ pub fn plan(
                 due_ms: *wake_up_at_ms,
                 timer,
             });
+        }
+        Entry::AttachInvocation { invocation_id, .. } => {
+            let message = OutboxMessage::Attach {
+                target: *invocation_id,
+                reply_to,
+            };
+            writes.push(Write::Outbox(message));
+        }
+        Entry::CancelInvocation { invocation_id } => {
+            writes.push(Write::Outbox(OutboxMessage::Cancel { target: *invocation_id }));
         }
         Entry::CompleteAwakeable { id, value, failure } => {
             let (target, index) = parse_awakeable_id(id).map_err(|e| bad_request(e.to_string()))?;
@@ -194,16 +228,31 @@ pub fn plan(
     Ok(Planned { entry, writes, after })
 }
 
+/// What a `call` or `send` entry names.
+struct Callee<'e> {
+    service: &'e str,
+    handler: &'e str,
+    key: &'e str,
+    input: &'e [u8],
+    idempotency_key: Option<&'e str>,
+    headers: &'e crate::journal::Headers,
+}
+
 /// The message that creates the callee of a `call` or `send`; the target must be registered.
 fn invoke_message(
     inputs: &EntryInputs<'_>,
-    service: &str,
-    handler: &str,
-    key: &str,
-    input: &[u8],
+    callee: Callee<'_>,
     caller: Option<(InvocationId, u32)>,
     not_before_ms: Option<u64>,
 ) -> Result<InvokeMessage, Failure> {
+    let Callee {
+        service,
+        handler,
+        key,
+        input,
+        idempotency_key,
+        headers,
+    } = callee;
     let record = inputs.record;
     let target = inputs.catalog.target(service, handler).map_err(|missing| Failure {
         code: 404,
@@ -221,9 +270,13 @@ fn invoke_message(
         key.to_owned()
     };
     let object = ObjectId::new(service, &key);
-    let id = match target.handler_kind {
-        HandlerKind::Workflow => workflow_run_id(&object),
-        HandlerKind::Stateless => InvocationId::from_parts(inputs.fresh_id_bits, inputs.fresh_id_bits.rotate_left(32)),
+    let stateless = target.handler_kind == HandlerKind::Stateless;
+    let id = match (target.handler_kind, idempotency_key) {
+        (HandlerKind::Workflow, _) => workflow_run_id(&object),
+        (_, Some(k)) => idempotent_id(service, handler, &key, k, stateless),
+        (HandlerKind::Stateless, None) => {
+            InvocationId::from_parts(inputs.fresh_id_bits, inputs.fresh_id_bits.rotate_left(32))
+        }
         _ => InvocationId::from_parts(object.partition_key(), inputs.fresh_id_bits),
     };
     // Only a call waits on its callee, so only calls extend the chain of held locks; a send
@@ -246,7 +299,8 @@ fn invoke_message(
         caller,
         call_chain,
         not_before_ms,
-        idempotency_key: None,
+        idempotency_key: idempotency_key.map(str::to_owned),
+        headers: headers.clone(),
     })
 }
 
@@ -312,6 +366,8 @@ mod tests {
 
     fn call(service: &str, handler: &str) -> Entry {
         Entry::Call {
+            idempotency_key: None,
+            headers: Default::default(),
             service: service.into(),
             handler: handler.into(),
             key: "k2".into(),
@@ -323,6 +379,8 @@ mod tests {
 
     fn send(delay_ms: Option<u64>) -> Entry {
         Entry::Send {
+            idempotency_key: None,
+            headers: Default::default(),
             service: "Counter".into(),
             handler: "add".into(),
             key: "k2".into(),
@@ -340,6 +398,8 @@ mod tests {
             unreachable!()
         };
         Entry::Send {
+            idempotency_key: None,
+            headers: Default::default(),
             service: "Nope".into(),
             handler,
             key,
@@ -581,5 +641,91 @@ mod tests {
         let a = plan_as("Counter", HandlerKind::Exclusive, send(Some(5)), StateEffect::None).unwrap();
         let b = plan_as("Counter", HandlerKind::Exclusive, send(Some(5)), StateEffect::None).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn options_of_calls_and_sends_table() {
+        let headers = crate::journal::Headers::from([("x-tenant".to_string(), "t1".to_string())]);
+        let with = |entry: Entry, idem: Option<&str>| match entry {
+            Entry::Call { .. } | Entry::Send { .. } => {
+                let mut entry = entry;
+                if let Entry::Call {
+                    idempotency_key,
+                    headers: h,
+                    ..
+                }
+                | Entry::Send {
+                    idempotency_key,
+                    headers: h,
+                    ..
+                } = &mut entry
+                {
+                    *idempotency_key = idem.map(str::to_owned);
+                    *h = headers.clone();
+                }
+                entry
+            }
+            other => other,
+        };
+        // (entry, idempotency key) → the callee's id: derived from target and key, or fresh
+        let cases = [
+            (
+                call("Counter", "add"),
+                Some("order-1"),
+                Some(idempotent_id("Counter", "add", "k2", "order-1", false)),
+            ),
+            (
+                send(None),
+                Some("order-1"),
+                Some(idempotent_id("Counter", "add", "k2", "order-1", false)),
+            ),
+            (
+                call("Greeter", "greet"),
+                Some("g"),
+                Some(idempotent_id("Greeter", "greet", "", "g", true)),
+            ),
+            (call("Counter", "add"), None, None),
+        ];
+        for (entry, idem, want_id) in cases {
+            let planned = plan_as("Counter", HandlerKind::Exclusive, with(entry, idem), StateEffect::None).unwrap();
+            let Some(Write::Outbox(OutboxMessage::Invoke(m))) = planned.writes.first() else {
+                panic!("invoke first: {planned:?}")
+            };
+            assert_eq!(m.idempotency_key.as_deref(), idem);
+            assert_eq!(m.headers, headers);
+            match want_id {
+                Some(id) => assert_eq!(m.id, id, "{idem:?}"),
+                None => assert_eq!(m.id.0[8..], 0xABCDu64.to_be_bytes()),
+            }
+            // The same id the journaled entry names (and the SDK is told).
+            let (Entry::Call { invocation_id, .. } | Entry::Send { invocation_id, .. }) = &planned.entry else {
+                panic!("a call or send")
+            };
+            assert_eq!(*invocation_id, Some(m.id));
+        }
+    }
+
+    #[test]
+    fn attach_and_cancel_send_their_messages() {
+        let target = InvocationId::from_parts(9, 9);
+        let attach = Entry::AttachInvocation {
+            invocation_id: target,
+            result: None,
+        };
+        let planned = plan_as("Greeter", HandlerKind::Stateless, attach, StateEffect::None).unwrap();
+        match planned.writes.first() {
+            Some(Write::Outbox(OutboxMessage::Attach { target: t, reply_to })) => {
+                assert_eq!(*t, target);
+                assert_eq!(reply_to.1, 3, "answers entry 3");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cancel = Entry::CancelInvocation { invocation_id: target };
+        let planned = plan_as("Greeter", HandlerKind::Stateless, cancel, StateEffect::None).unwrap();
+        assert!(matches!(
+            planned.writes.first(),
+            Some(Write::Outbox(OutboxMessage::Cancel { target: t })) if *t == target
+        ));
+        assert!(planned.after.is_empty());
     }
 }

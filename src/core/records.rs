@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{InvocationId, ObjectId};
-use crate::journal::{CompletionResult, Entry, Output};
+use crate::journal::{CompletionResult, Entry, Headers, Output};
 
 pub use crate::journal::HandlerKind;
 
@@ -101,6 +101,9 @@ pub struct InvocationRecord {
     /// When a scheduled invocation becomes pending.
     #[serde(default)]
     pub not_before_ms: Option<u64>,
+    /// Headers of the request that created it (START `headers`).
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
 }
 
 /// One row of `outbox`: a message an invocation produced, durable until delivered.
@@ -116,6 +119,14 @@ pub enum OutboxMessage {
     },
     /// Operate on a workflow's durable promise and answer entry `reply_to`.
     Promise(PromiseMessage),
+    /// Complete entry `reply_to` with the output of `target` once it has finished. A durable
+    /// waiter: its row lives in `target`'s partition until the output is on its way.
+    Attach {
+        target: InvocationId,
+        reply_to: (InvocationId, u32),
+    },
+    /// Cancel `target` (a handle's `cancel`); nothing to answer.
+    Cancel { target: InvocationId },
 }
 
 impl OutboxMessage {
@@ -125,6 +136,7 @@ impl OutboxMessage {
             OutboxMessage::Invoke(m) => m.id.partition(),
             OutboxMessage::Complete { target, .. } => target.partition(),
             OutboxMessage::Promise(m) => crate::ids::partition_of(m.object.partition_key()),
+            OutboxMessage::Attach { target, .. } | OutboxMessage::Cancel { target } => target.partition(),
         }
     }
 }
@@ -143,6 +155,8 @@ pub struct InvokeMessage {
     pub call_chain: Vec<ObjectId>,
     pub not_before_ms: Option<u64>,
     pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
 }
 
 impl InvokeMessage {
@@ -174,6 +188,7 @@ impl InvokeMessage {
             waiting_on: Vec::new(),
             cancel_requested: false,
             not_before_ms: self.not_before_ms.filter(|_| scheduled),
+            headers: self.headers,
         };
         (self.id, record, vec![Entry::Input { value: self.input }])
     }

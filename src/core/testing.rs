@@ -89,6 +89,7 @@ impl PartitionRead for Memory {
 pub fn invoke(kind: HandlerKind, key: &str) -> InvokeMessage {
     let object = ObjectId::new("Counter", key);
     InvokeMessage {
+        headers: Default::default(),
         id: InvocationId::new(object.partition_key()),
         service: "Counter".into(),
         handler: "add".into(),

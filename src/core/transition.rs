@@ -40,7 +40,9 @@ impl Command {
     pub fn reads_storage(&self) -> bool {
         match self {
             Command::Invoke { message, redelivery } => {
-                *redelivery || message.kind == crate::core::records::HandlerKind::Workflow
+                *redelivery
+                    || message.kind == crate::core::records::HandlerKind::Workflow
+                    || message.idempotency_key.is_some()
             }
             Command::Complete { .. } | Command::Promise(_) => true,
             Command::Finish { .. } => false,

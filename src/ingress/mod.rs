@@ -15,13 +15,12 @@ use serde_json::json;
 
 use crate::cluster::forward::{self, Listener};
 use crate::http_error::{error_body, ApiError};
-use crate::ids::{partition_of, stable_hash, InvocationId, ObjectId};
-use crate::journal::Output;
+use crate::ids::{idempotent_partition_key, partition_of, InvocationId, ObjectId};
+use crate::journal::{check_headers, check_idempotency_key, Headers, Output};
 use crate::node::{Node, Request};
 use crate::storage::{HandlerKind, ServiceKind};
 
 pub use crate::http_error::{INVOCATION_ID_HEADER, RESTATE_ID_HEADER};
-const IDEMPOTENCY_KEY_MAX_BYTES: usize = 256;
 const OBJECT_KEY_MAX_BYTES: usize = 1024;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
@@ -149,9 +148,7 @@ fn parse_target(node: &Node, path: &str) -> Result<(Target, crate::schema::Servi
 /// The partition key an ingress call is placed by.
 fn routing_key(node: &Node, target: &Target, kind: HandlerKind, idempotency_key: Option<&str>) -> u64 {
     match (kind, idempotency_key) {
-        (HandlerKind::Stateless, Some(k)) => {
-            stable_hash(&[target.service.as_bytes(), target.handler.as_bytes(), k.as_bytes()])
-        }
+        (HandlerKind::Stateless, Some(k)) => idempotent_partition_key(&target.service, &target.handler, "", k, true),
         (HandlerKind::Stateless, None) => {
             // Any partition will do: prefer one served here (no hop).
             let mut pk = fastrand::u64(..);
@@ -167,6 +164,19 @@ fn routing_key(node: &Node, target: &Target, kind: HandlerKind, idempotency_key:
     }
 }
 
+/// The request headers the handler sees (START `headers`): all but the connection's own,
+/// within the limits of `journal::check_headers`. Values that are not UTF-8 are left out.
+fn handed_headers(req: &HttpRequest) -> Result<Headers, ApiError> {
+    let headers: Headers = req
+        .headers()
+        .iter()
+        .filter(|(name, _)| !forward::UNRELAYED_REQUEST_HEADERS.contains(&name.as_str()))
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .collect();
+    check_headers(&headers).map_err(ApiError::bad_request)?;
+    Ok(headers)
+}
+
 async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let node: Arc<Node> = node.into_inner();
     let (target, service) = parse_target(&node, req.path())?;
@@ -177,14 +187,11 @@ async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) 
             let k = v
                 .to_str()
                 .map_err(|_| ApiError::bad_request("idempotency-key must be visible ASCII"))?;
-            if k.is_empty() || k.len() > IDEMPOTENCY_KEY_MAX_BYTES {
-                return Err(ApiError::bad_request(format!(
-                    "idempotency-key must be 1 to {IDEMPOTENCY_KEY_MAX_BYTES} bytes"
-                )));
-            }
+            check_idempotency_key(k).map_err(|why| ApiError::bad_request(format!("idempotency-key: {why}")))?;
             Some(k.to_owned())
         }
     };
+    let headers = handed_headers(&req)?;
     let input = body::read_limited(&req, payload, node.config.max_body_bytes).await?;
     let kind = service.handlers[&target.handler].kind;
     let partition_key = routing_key(&node, &target, kind, idempotency_key.as_deref());
@@ -200,6 +207,7 @@ async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) 
         delay,
         partition_key: Some(partition_key),
         awaits_output: !send,
+        headers,
     });
     loop {
         let body = &request.as_ref().expect("kept while it may be routed again").input;

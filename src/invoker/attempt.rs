@@ -67,6 +67,7 @@ impl Attempt<'_> {
             random_seed: self.id.random_seed(),
             cancelled: self.cancelled,
             suspend_after_ms: self.host.limits().suspend_after_ms,
+            headers: &self.record.headers,
         };
         let mut out = BytesMut::from(&frame::encode(frame::START, &start)[..]);
         for (index, entry) in self.journal.iter().enumerate() {
@@ -242,6 +243,13 @@ impl Attempt<'_> {
                     if let Some(state) = self.state.filter(|_| self.record.kind.is_exclusive()) {
                         state.apply(&effects);
                     }
+                    // The ids of the invocations its calls and sends created, then the ACK.
+                    for (index, entry) in (first_index..).zip(&entries) {
+                        if let Entry::Call { invocation_id: Some(id), .. } | Entry::Send { invocation_id: Some(id), .. } = entry {
+                            let body = frame::InvocationIdFrame { index, invocation_id: id.to_string() };
+                            send_frame(&tx, frame::encode(frame::INVOCATION_ID, &body));
+                        }
+                    }
                     self.journal.extend(entries);
                     send_frame(&tx, frame::encode(frame::ACK, &frame::Ack { index: last_index }));
                     for index in first_index..=last_index {
@@ -254,7 +262,7 @@ impl Attempt<'_> {
                             // Delivered in order, before the next batch's messages: per-sender order.
                             AfterCommit::Deliver(key, message) => {
                                 let queue = deliveries.get_or_insert_with(|| spawn_deliveries(self.host.clone()));
-                                let _ = queue.send((key, message));
+                                let _ = queue.send((key, *message));
                             }
                             AfterCommit::ArmTimer(key, due, timer) => self.host.arm_timer(key, due, timer),
                             // Journaled with its result already: only the SDK needs telling.

@@ -11,7 +11,7 @@ use crate::storage::{encode, keys, now_ms, OutboxMessage, Table, TimerRecord, Wr
 
 /// An action taken once the batch is durable, in order.
 pub(super) enum AfterCommit {
-    Deliver(Vec<u8>, OutboxMessage),
+    Deliver(Vec<u8>, Box<OutboxMessage>),
     ArmTimer(Vec<u8>, u64, TimerRecord),
     /// The entry was completed in its own batch (e.g. a call to an unknown service).
     Completed(u32, CompletionResult),
@@ -78,7 +78,7 @@ impl Attempt<'_> {
         pending.batch.put_writes(planned.writes, |batch, message| {
             let key = host.outbox_key(partition);
             batch.put(Table::Outbox, key.clone(), encode(&message));
-            after.push(AfterCommit::Deliver(key, message));
+            after.push(AfterCommit::Deliver(key, Box::new(message)));
         });
         for action in planned.after {
             after.push(match action {

@@ -17,6 +17,7 @@ pub const END: u16 = 0x0005;
 pub const ERROR: u16 = 0x0006;
 pub const SUSPEND: u16 = 0x0007;
 pub const CANCEL: u16 = 0x0008;
+pub const INVOCATION_ID: u16 = 0x0009;
 
 const HEADER_LEN: usize = 8;
 
@@ -33,6 +34,14 @@ pub struct Start<'a> {
     pub random_seed: u64,
     pub cancelled: bool,
     pub suspend_after_ms: u32,
+    pub headers: &'a crate::journal::Headers,
+}
+
+/// The id of the invocation a `call` or `send` entry created (or joined).
+#[derive(Serialize)]
+pub struct InvocationIdFrame {
+    pub index: u32,
+    pub invocation_id: String,
 }
 
 #[derive(Serialize)]

@@ -3,7 +3,39 @@
 //! The same types are the wire format of ENTRY frames (see `docs/protocol.md`) and the
 //! storage format of the `journal` table.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+/// Headers handed to an invocation (ingress request headers, or a call's or send's own).
+pub type Headers = BTreeMap<String, String>;
+
+/// Limits of a call's or send's options, the same at the ingress.
+pub const IDEMPOTENCY_KEY_MAX_BYTES: usize = 256;
+pub const HEADERS_MAX_COUNT: usize = 64;
+pub const HEADERS_MAX_BYTES: usize = 16 * 1024;
+
+/// Why `headers` are refused, if they are over the limits.
+pub fn check_headers(headers: &Headers) -> Result<(), String> {
+    let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if headers.len() > HEADERS_MAX_COUNT || bytes > HEADERS_MAX_BYTES {
+        return Err(format!(
+            "{} headers of {bytes} bytes are over the limit of {HEADERS_MAX_COUNT} headers and {HEADERS_MAX_BYTES} bytes",
+            headers.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Why an idempotency key is refused, if it is.
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX_BYTES {
+        return Err(format!(
+            "idempotency key must be 1 to {IDEMPOTENCY_KEY_MAX_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
 
 /// What runs an invocation and how it may touch state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +200,10 @@ pub enum Entry {
         invocation_id: Option<crate::ids::InvocationId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         result: Option<CompletionResult>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers: Headers,
     },
     Send {
         service: String,
@@ -180,6 +216,22 @@ pub enum Entry {
         delay_ms: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         invocation_id: Option<crate::ids::InvocationId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers: Headers,
+    },
+    /// Wait for the output of another invocation (a handle's `attach`).
+    AttachInvocation {
+        #[serde(with = "crate::ids::id_text")]
+        invocation_id: crate::ids::InvocationId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<CompletionResult>,
+    },
+    /// Ask another invocation to cancel (a handle's `cancel`).
+    CancelInvocation {
+        #[serde(with = "crate::ids::id_text")]
+        invocation_id: crate::ids::InvocationId,
     },
     Sleep {
         wake_up_at_ms: u64,
@@ -243,6 +295,8 @@ impl Entry {
             Entry::Output { .. } => "output",
             Entry::Call { .. } => "call",
             Entry::Send { .. } => "send",
+            Entry::AttachInvocation { .. } => "attach_invocation",
+            Entry::CancelInvocation { .. } => "cancel_invocation",
             Entry::Sleep { .. } => "sleep",
             Entry::Awakeable { .. } => "awakeable",
             Entry::CompleteAwakeable { .. } => "complete_awakeable",
@@ -271,6 +325,7 @@ impl Entry {
     pub fn result_slot(&mut self) -> Option<&mut Option<CompletionResult>> {
         match self {
             Entry::Call { result, .. }
+            | Entry::AttachInvocation { result, .. }
             | Entry::Sleep { result, .. }
             | Entry::Awakeable { result }
             | Entry::GetPromise { result, .. }
@@ -284,6 +339,7 @@ impl Entry {
     fn completion(&self) -> Option<&Option<CompletionResult>> {
         match self {
             Entry::Call { result, .. }
+            | Entry::AttachInvocation { result, .. }
             | Entry::Sleep { result, .. }
             | Entry::Awakeable { result }
             | Entry::GetPromise { result, .. }
@@ -376,6 +432,28 @@ pub fn check_sdk_entry(kind: HandlerKind, expected_index: u32, frame: &IndexedEn
                     entry.kind(),
                     frame.index
                 ),
+            });
+        }
+    }
+    if let Entry::Call {
+        idempotency_key,
+        headers,
+        ..
+    }
+    | Entry::Send {
+        idempotency_key,
+        headers,
+        ..
+    } = entry
+    {
+        let refused = idempotency_key
+            .as_deref()
+            .map_or(Ok(()), check_idempotency_key)
+            .and_then(|()| check_headers(headers));
+        if let Err(why) = refused {
+            return Err(Failure {
+                code: 400,
+                message: format!("{} at index {}: {why}", entry.kind(), frame.index),
             });
         }
     }
@@ -505,5 +583,55 @@ mod tests {
         );
         let back: IndexedEntry = rmp_serde::from_slice(&rmp_serde::to_vec_named(&get).unwrap()).unwrap();
         assert_eq!(back, get);
+    }
+
+    #[test]
+    fn options_over_the_limits_are_refused() {
+        let call = |idempotency_key: Option<String>, headers: Headers| Entry::Call {
+            service: "S".into(),
+            handler: "h".into(),
+            key: String::new(),
+            value: vec![],
+            invocation_id: None,
+            result: None,
+            idempotency_key,
+            headers,
+        };
+        let many: Headers = (0..=HEADERS_MAX_COUNT).map(|i| (format!("h{i}"), "v".into())).collect();
+        let big = Headers::from([("h".to_string(), "v".repeat(HEADERS_MAX_BYTES))]);
+        let cases = [
+            (call(Some("k".into()), Headers::new()), Ok(())),
+            (call(Some(String::new()), Headers::new()), Err(400)),
+            (
+                call(Some("k".repeat(IDEMPOTENCY_KEY_MAX_BYTES + 1)), Headers::new()),
+                Err(400),
+            ),
+            (call(None, many), Err(400)),
+            (call(None, big), Err(400)),
+        ];
+        for (entry, want) in cases {
+            let got = check_sdk_entry(HandlerKind::Stateless, 1, &at(1, entry.clone()))
+                .map(|_| ())
+                .map_err(|f| f.code);
+            assert_eq!(got, want, "{entry:?}");
+        }
+    }
+
+    #[test]
+    fn attach_and_cancel_name_their_target_as_text() {
+        let id: crate::ids::InvocationId = "inv_0123456789abcdef0123456789abcdef".parse().unwrap();
+        for entry in [
+            Entry::AttachInvocation {
+                invocation_id: id,
+                result: None,
+            },
+            Entry::CancelInvocation { invocation_id: id },
+        ] {
+            let bytes = rmp_serde::to_vec_named(&at(4, entry)).unwrap();
+            let map: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(map["invocation_id"], "inv_0123456789abcdef0123456789abcdef");
+            let back: IndexedEntry = rmp_serde::from_slice(&bytes).unwrap();
+            assert!(back.entry.needs_ack());
+        }
     }
 }

@@ -17,8 +17,9 @@ use tokio::sync::oneshot;
 use crate::core::Completer;
 use crate::ids::InvocationId;
 use crate::journal::CompletionResult;
+use crate::node::attach::AttachTaken;
 use crate::node::Node;
-use crate::object::CompleteError;
+use crate::object::{CompleteError, ControlError};
 use crate::object::{ObjectMsg, Owner, Staged, SubmitError};
 use crate::placement::{client, Placement};
 use crate::storage::{
@@ -88,6 +89,25 @@ impl Node {
 
     async fn deliver_here(self: &Arc<Self>, key: Option<Vec<u8>>, message: OutboxMessage, redelivery: bool) -> bool {
         let delivered = match message {
+            OutboxMessage::Attach { target, reply_to } => {
+                return match self.take_up_attach(key.clone(), target, reply_to).await {
+                    AttachTaken::Held => true,
+                    AttachTaken::Moved => {
+                        if let Some(key) = key {
+                            self.acknowledge(key);
+                        }
+                        true
+                    }
+                    AttachTaken::NotYet => false,
+                };
+            }
+            OutboxMessage::Cancel { target } => match self.cancel(target).await {
+                Ok(()) | Err(ControlError::NotFound(_) | ControlError::Finished(_)) => true,
+                Err(e) => {
+                    tracing::warn!(invocation_id = %target, error = %e, "cancel not delivered; retried");
+                    false
+                }
+            },
             OutboxMessage::Invoke(invoke) => self.deliver_invoke(invoke, redelivery).await,
             OutboxMessage::Complete { target, index, result } => delivered(
                 self.complete(target, index, result, WriteBatch::new(), Completer::Message)

@@ -4,6 +4,7 @@
 //! (`delivery`); an operator's cancel or kill reaches the invocation's owner (`control`).
 //! The node is what owners run on (`OwnerHost`, `AttemptHost`); they never name it.
 
+mod attach;
 mod control;
 mod delivery;
 mod recovery;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::ids::{stable_hash, workflow_run_id, InvocationId, ObjectId};
+use crate::ids::{idempotent_id, workflow_run_id, InvocationId, ObjectId};
 use crate::invocation::{Invocation, LiveTable, Waiters};
 use crate::journal::Output;
 use crate::metadata::MetaGroup;
@@ -71,6 +72,8 @@ pub struct Request {
     /// acknowledgement, so without an idempotency key the creation may wait for the first
     /// commit of the attempt (`Invocation::unwritten`).
     pub awaits_output: bool,
+    /// The request's headers, handed to the handler (START `headers`).
+    pub headers: crate::journal::Headers,
 }
 
 /// How waiting for an invocation's output ended.
@@ -163,14 +166,16 @@ impl Node {
         let object = ObjectId::new(&request.service, &request.key);
         let id = match (request.kind, &request.idempotency_key) {
             (HandlerKind::Workflow, _) => workflow_run_id(&object),
+            (kind, Some(k)) => idempotent_id(
+                &request.service,
+                &request.handler,
+                &request.key,
+                k,
+                kind == HandlerKind::Stateless,
+            ),
             (HandlerKind::Stateless, None) => {
                 InvocationId::new(request.partition_key.unwrap_or_else(|| fastrand::u64(..)))
             }
-            (HandlerKind::Stateless, Some(k)) => InvocationId::new(stable_hash(&[
-                request.service.as_bytes(),
-                request.handler.as_bytes(),
-                k.as_bytes(),
-            ])),
             _ => InvocationId::new(object.partition_key()),
         };
         let message = InvokeMessage {
@@ -186,6 +191,7 @@ impl Node {
             // The ingress has checked the delay's range (`journal::DELAY_MS_MAX`).
             not_before_ms: request.delay.map(|d| now_ms().saturating_add(d.as_millis() as u64)),
             idempotency_key: request.idempotency_key,
+            headers: request.headers,
         };
         let mut invocation = message.into_invocation();
         // Duplicates of one idempotency key (or workflow key) meet in the owner, which looks

@@ -41,7 +41,9 @@ impl ObjectActor {
         let by_row = invocation
             .idempotency_row()
             .filter(|_| invocation.record.kind != HandlerKind::Workflow);
-        let key = by_row.clone().unwrap_or_else(|| invocation.id.0.to_vec());
+        // Keyed by id: an idempotency key's id is derived from it, so a call or send from a
+        // handler with the same key (`deliver`) waits here too.
+        let key = invocation.id.0.to_vec();
         if let Some(waiting) = self.creating.get_mut(&key) {
             waiting.push(ObjectMsg::Submit {
                 invocation,

@@ -82,6 +82,7 @@ mod tests {
 
     fn invocation(waiting_on: Vec<u32>, journal: Vec<Entry>, unwritten: bool) -> Invocation {
         let message = InvokeMessage {
+            headers: Default::default(),
             id: InvocationId::from_parts(1, 1),
             service: "Counter".into(),
             handler: "add".into(),
@@ -159,6 +160,8 @@ mod tests {
     #[test]
     fn needs_read_table() {
         let call = Entry::Call {
+            idempotency_key: None,
+            headers: Default::default(),
             service: "S".into(),
             handler: "h".into(),
             key: String::new(),

@@ -97,6 +97,7 @@ fn concurrent_commits_share_fsyncs() {
 
 fn record(status: InvocationStatus, expires_at_ms: Option<u64>) -> InvocationRecord {
     InvocationRecord {
+        headers: Default::default(),
         service: "Svc".into(),
         handler: "run".into(),
         key: String::new(),

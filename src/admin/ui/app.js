@@ -633,6 +633,7 @@ function renderDetail(inv) {
       ${row('Created', `${esc(fmtTime(inv.createdAtMs))} <span class="muted">(${ago(inv.createdAtMs)})</span>`)}
       ${row('Modified', esc(fmtTime(inv.modifiedAtMs)))}
       ${row('Next retry', inv.nextRetryAtMs ? esc(ago(inv.nextRetryAtMs)) : null)}
+      ${row('Runs at', inv.scheduledAtMs ? `${esc(new Date(inv.scheduledAtMs).toLocaleString())} <span class="muted">(${ago(inv.scheduledAtMs)})</span>` : null)}
       ${row('Deployment', inv.deploymentId ? `<span class="mono">${esc(inv.deploymentId)}</span>` : null)}
       ${row('Idempotency key', inv.idempotencyKey ? `<span class="mono">${esc(inv.idempotencyKey)}</span>` : null)}
     </dl>

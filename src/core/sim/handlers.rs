@@ -34,6 +34,7 @@ pub fn next(id: InvocationId, record: &InvocationRecord, journal: &[Entry], coun
     };
     let add = |caller: Option<(InvocationId, u32)>| {
         OutboxMessage::Invoke(InvokeMessage {
+            headers: Default::default(),
             id: new_id,
             service: COUNTER.into(),
             handler: "add".into(),
@@ -118,6 +119,8 @@ fn output_of(result: CompletionResult) -> Output {
 
 fn call_entry(key: &str, callee: InvocationId) -> Entry {
     Entry::Call {
+        idempotency_key: None,
+        headers: Default::default(),
         service: COUNTER.into(),
         handler: "add".into(),
         key: key.into(),
@@ -129,6 +132,8 @@ fn call_entry(key: &str, callee: InvocationId) -> Entry {
 
 fn send_entry(key: &str, callee: InvocationId) -> Entry {
     Entry::Send {
+        idempotency_key: None,
+        headers: Default::default(),
         service: COUNTER.into(),
         handler: "add".into(),
         key: key.into(),

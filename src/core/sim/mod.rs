@@ -167,6 +167,7 @@ impl Sim {
         }
         self.plan.pop();
         let message = InvokeMessage {
+            headers: Default::default(),
             id,
             service: service.into(),
             handler: "run".into(),
@@ -253,6 +254,9 @@ impl Sim {
                 by: Completer::Message,
             },
             OutboxMessage::Promise(message) => Command::Promise(message),
+            OutboxMessage::Attach { .. } | OutboxMessage::Cancel { .. } => {
+                unreachable!("the simulated handlers neither attach nor cancel, nor use idempotency keys")
+            }
         };
         let transition = (self.apply)(&self.nodes[to].log, command).expect("memory reads");
         self.note(format!(
@@ -465,5 +469,7 @@ fn brief(message: &OutboxMessage) -> String {
         OutboxMessage::Invoke(m) => format!("invoke {}({}) {}", m.service, m.key, m.id),
         OutboxMessage::Complete { target, index, .. } => format!("complete {target}#{index}"),
         OutboxMessage::Promise(m) => format!("promise {:?} {}", m.op, m.object),
+        OutboxMessage::Attach { target, reply_to } => format!("attach {target} → {}#{}", reply_to.0, reply_to.1),
+        OutboxMessage::Cancel { target } => format!("cancel {target}"),
     }
 }
