@@ -21,6 +21,9 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// Largest accepted request body on the ingress.
     pub max_body_bytes: usize,
+    /// A request whose body has not arrived whole this long after its head is answered 408
+    /// and its connection closed (slow or stalled clients cannot hold connections forever).
+    pub body_read_timeout_ms: u64,
     /// How long the response of a call with an `idempotency-key` is kept.
     pub idempotency_retention_secs: u64,
     /// First retry delay of a failed invocation attempt; doubles each time.
@@ -54,6 +57,9 @@ pub struct Config {
     pub node_id: String,
     /// Node-to-node endpoint (MessagePack over HTTP).
     pub peer_addr: SocketAddr,
+    /// `host:port` the other members reach this node's peer endpoint at, when it is not
+    /// `peer_addr` itself (a DNS name, or a wildcard listen address behind it).
+    pub advertised_peer_addr: Option<String>,
     /// Initial members `id=host:port,…` (peer addresses), read on a data dir's first start.
     pub cluster: Option<String>,
     /// Peer address of a member to ask to add this new node.
@@ -67,6 +73,7 @@ impl Default for Config {
             ingress_addr: "127.0.0.1:8080".parse().expect("valid addr"),
             admin_addr: "127.0.0.1:9070".parse().expect("valid addr"),
             max_body_bytes: 10 * 1024 * 1024,
+            body_read_timeout_ms: 30_000,
             idempotency_retention_secs: 24 * 60 * 60,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
@@ -83,6 +90,7 @@ impl Default for Config {
             log_format: "text".into(),
             node_id: "n1".into(),
             peer_addr: "127.0.0.1:7070".parse().expect("valid addr"),
+            advertised_peer_addr: None,
             cluster: None,
             join: None,
         }
@@ -90,6 +98,17 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The peer address this node is known by in the membership.
+    pub fn advertised_peer_addr(&self) -> String {
+        self.advertised_peer_addr
+            .clone()
+            .unwrap_or_else(|| self.peer_addr.to_string())
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
     /// Back-off before attempt `attempt + 1`, given that `attempt` attempts have failed.
     pub fn retry_delay(&self, failed_attempts: u32) -> Duration {
         let exp = failed_attempts.saturating_sub(1).min(30);
@@ -110,6 +129,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_inbox_bytes_per_object < self.max_body_bytes as u64 {
             return Err("max_inbox_bytes_per_object must be >= max_body_bytes (one request must fit)".into());
+        }
+        if let Some(addr) = &self.advertised_peer_addr {
+            check_host_port(addr).map_err(|e| format!("advertised_peer_addr: {e}"))?;
+        }
+        if self.body_read_timeout_ms == 0 {
+            return Err("body_read_timeout_ms must be > 0".into());
         }
         if self.max_body_bytes == 0 || self.max_frame_bytes < 1024 {
             return Err("max_body_bytes must be > 0 and max_frame_bytes >= 1024".into());
@@ -144,7 +169,35 @@ impl Config {
     }
 }
 
-/// `n1=127.0.0.1:7071,n2=…` → [(id, peer address)].
+/// `host:port` where host is a DNS name, an IPv4 literal or a bracketed IPv6 literal.
+pub fn check_host_port(addr: &str) -> Result<(), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("address {addr:?}: expected host:port"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("address {addr:?}: port {port:?} is not 1-65535")),
+    }
+    let ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        // RFC 1123 names (which include IPv4 literals): labels of letters, digits and '-'.
+        host.len() <= 253
+            && host.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("address {addr:?}: {host:?} is not a host name or IP literal"))
+    }
+}
+
+/// `n1=127.0.0.1:7071,n2=kiln-2.internal:7071,…` → [(id, peer address)].
 pub fn parse_members(spec: &str) -> anyhow::Result<Vec<(String, String)>> {
     spec.split(',')
         .map(str::trim)
@@ -157,8 +210,7 @@ pub fn parse_members(spec: &str) -> anyhow::Result<Vec<(String, String)>> {
                 !id.is_empty() && id.len() <= 64,
                 "node id {id:?} must be 1 to 64 characters"
             );
-            addr.parse::<std::net::SocketAddr>()
-                .map_err(|e| anyhow::anyhow!("cluster member {item:?}: bad address: {e}"))?;
+            check_host_port(addr).map_err(|e| anyhow::anyhow!("cluster member {item:?}: {e}"))?;
             Ok((id.to_owned(), addr.to_owned()))
         })
         .collect()
@@ -167,6 +219,34 @@ pub fn parse_members(spec: &str) -> anyhow::Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_addresses_table() {
+        let cases: &[(&str, bool)] = &[
+            ("127.0.0.1:7071", true),
+            ("kiln-2.internal:7071", true),
+            ("localhost:1", true),
+            ("[::1]:7071", true),
+            ("[::1]", false),
+            ("::1:7071", false),
+            ("host", false),
+            ("host:0", false),
+            ("host:70000", false),
+            (":7071", false),
+            ("-bad.example:7071", false),
+            ("a..b:7071", false),
+            ("has space:7071", false),
+            ("under_score:7071", false),
+        ];
+        for (addr, ok) in cases {
+            assert_eq!(
+                check_host_port(addr).is_ok(),
+                *ok,
+                "{addr}: {:?}",
+                check_host_port(addr)
+            );
+        }
+    }
 
     #[test]
     fn retry_delay_doubles_up_to_the_ceiling() {

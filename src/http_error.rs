@@ -22,6 +22,8 @@ pub struct ApiError {
     pub retry_after: Option<u32>,
     /// The partition moved away mid-request: nothing was done, route it again.
     pub moving: bool,
+    /// Close the connection after answering (the request was not read whole).
+    pub close: bool,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             moving: false,
+            close: false,
         }
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
@@ -68,7 +71,15 @@ impl ResponseError for ApiError {
     }
     fn error_response(&self) -> HttpResponse {
         let mut r = error_body(self.status, self.status.as_u16(), &self.message);
-        if let Some(secs) = self.retry_after {
+        // Every "try again later" says when: 1 s unless the error knows better.
+        let retry_after = match self.status {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Some(self.retry_after.unwrap_or(1)),
+            _ => self.retry_after,
+        };
+        if self.close {
+            r.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+        }
+        if let Some(secs) = retry_after {
             r.headers_mut()
                 .insert(actix_web::http::header::RETRY_AFTER, secs.into());
         }
@@ -120,6 +131,25 @@ impl From<SubmitError> for ApiError {
 }
 
 /// JSON error for extractor failures (bad JSON, bad paths), so no error is ever plain text.
+/// Query strings, path segments and JSON bodies that do not decode answer `{code, message}`, not
+/// actix's plain text: every HTTP layer of Kiln speaks one error shape.
+pub fn extractor_errors(cfg: &mut actix_web::web::ServiceConfig, json_limit: usize) {
+    use actix_web::web;
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(json_limit)
+            .error_handler(json_config_error),
+    )
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|err, _req| ApiError::bad_request(format!("malformed query string: {err}")).into()),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _req| ApiError::bad_request(format!("malformed path: {err}")).into()),
+    );
+}
+
 pub fn json_config_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     ApiError::bad_request(format!("malformed JSON body: {err}")).into()
 }

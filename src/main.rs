@@ -73,6 +73,9 @@ struct ServeArgs {
     /// Largest ingress request body in bytes [default: 10485760]
     #[arg(long, env = "KILN_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
+    /// A request body not received whole this long after its head answers 408, in ms [default: 30000]
+    #[arg(long, env = "KILN_BODY_READ_TIMEOUT_MS")]
+    body_read_timeout_ms: Option<u64>,
     /// How long idempotent responses and finished invocations are kept, in seconds [default: 86400]
     #[arg(long, env = "KILN_IDEMPOTENCY_RETENTION_SECS")]
     idempotency_retention_secs: Option<u64>,
@@ -112,6 +115,9 @@ struct ServeArgs {
     /// Node-to-node listen address [default: 127.0.0.1:7070]
     #[arg(long, env = "KILN_PEER_ADDR")]
     peer_addr: Option<SocketAddr>,
+    /// `host:port` (a DNS name allowed) the other members reach --peer-addr at [default: --peer-addr]
+    #[arg(long, env = "KILN_ADVERTISED_PEER_ADDR")]
+    advertised_peer_addr: Option<String>,
     /// Initial cluster members, `n1=host:port,n2=host:port,…` (their --peer-addr), the same on
     /// every initial node; only read on a data dir's first start
     #[arg(long, env = "KILN_CLUSTER")]
@@ -138,6 +144,7 @@ impl ServeArgs {
             ingress_addr,
             admin_addr,
             max_body_bytes,
+            body_read_timeout_ms,
             idempotency_retention_secs,
             retry_initial_ms,
             retry_max_ms,
@@ -152,6 +159,9 @@ impl ServeArgs {
             node_id,
             peer_addr
         );
+        if self.advertised_peer_addr.is_some() {
+            c.advertised_peer_addr = self.advertised_peer_addr;
+        }
         if self.cluster.is_some() {
             c.cluster = self.cluster;
         }
@@ -167,8 +177,11 @@ impl ServeArgs {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: a file or a pipe gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

@@ -15,9 +15,27 @@ use crate::placement::Cluster;
 use crate::schema::SchemaRegistry;
 use crate::storage::{blocking, PartitionGate, PartitionState, Store};
 
+/// Lifts the soft open-files limit to the hard one (at most 2^20): every connection holds a
+/// descriptor, and the common soft default of 1024 lets a thousand idle clients shut everyone
+/// else out of ingress and admin.
+fn raise_open_files_limit() {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft);
+    match rlimit::increase_nofile_limit(1 << 20) {
+        Ok(now) if now >= 4096 => tracing::info!(open_files = now, was = soft, "node.open_files_limit"),
+        Ok(now) => {
+            tracing::warn!(
+                open_files = now,
+                "node.open_files_limit_low; raise the hard limit (LimitNOFILE, ulimit -Hn)"
+            )
+        }
+        Err(e) => tracing::warn!(error = %e, open_files = soft, "node.open_files_limit_unchanged"),
+    }
+}
+
 /// Opens storage, recovers, and serves until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(data_dir = %config.data_dir.display(), node_id = %config.node_id, "node.opening");
+    raise_open_files_limit();
     let store = Store::open_gated(&config.data_dir, Arc::new(PartitionGate::new(PartitionState::Remote)))?;
     let cluster = Cluster::open(&store, &config).await?;
     let schema = SchemaRegistry::new(store.deployments()?);

@@ -21,34 +21,30 @@ use crate::node::Node;
 use crate::storage::{InvocationRecord, InvocationStatus, ServiceKind, ServiceRecord};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(64 * 1024)
-            .error_handler(crate::http_error::json_config_error),
-    )
-    .route("/health", web::get().to(health))
-    .route("/services", web::get().to(list_services))
-    .route("/invocations", web::get().to(list_invocations))
-    .route("/invocations/{id}", web::get().to(get_invocation))
-    .route(
-        "/invocations/{id}/cancel",
-        web::patch().to(|r, p, n| control_invocation(r, p, n, Control::Cancel)),
-    )
-    .route(
-        "/invocations/{id}/kill",
-        web::patch().to(|r, p, n| control_invocation(r, p, n, Control::Kill)),
-    )
-    .route("/metrics", web::get().to(metrics))
-    .configure(deployments::config)
-    .configure(cluster::config)
-    .configure(ui::config)
-    .default_service(web::to(|req: HttpRequest| async move {
-        actix_web::ResponseError::error_response(&ApiError::not_found(format!(
-            "no route for {} {}",
-            req.method(),
-            req.path()
-        )))
-    }));
+    crate::http_error::extractor_errors(cfg, 64 * 1024);
+    cfg.route("/health", web::get().to(health))
+        .route("/services", web::get().to(list_services))
+        .route("/invocations", web::get().to(list_invocations))
+        .route("/invocations/{id}", web::get().to(get_invocation))
+        .route(
+            "/invocations/{id}/cancel",
+            web::patch().to(|r, p, n| control_invocation(r, p, n, Control::Cancel)),
+        )
+        .route(
+            "/invocations/{id}/kill",
+            web::patch().to(|r, p, n| control_invocation(r, p, n, Control::Kill)),
+        )
+        .route("/metrics", web::get().to(metrics))
+        .configure(deployments::config)
+        .configure(cluster::config)
+        .configure(ui::config)
+        .default_service(web::to(|req: HttpRequest| async move {
+            actix_web::ResponseError::error_response(&ApiError::not_found(format!(
+                "no route for {} {}",
+                req.method(),
+                req.path()
+            )))
+        }));
 }
 
 async fn health(node: web::Data<Node>) -> HttpResponse {

@@ -13,7 +13,29 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-pub async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads the body, at most `limit` bytes, within `timeout` (else 408, closing the connection).
+pub async fn read_limited(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, ApiError> {
+    match tokio::time::timeout(timeout, read(req, payload, limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(ApiError {
+            close: true,
+            ..ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {} ms (body_read_timeout_ms)",
+                    timeout.as_millis()
+                ),
+            )
+        }),
+    }
+}
+
+async fn read(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)

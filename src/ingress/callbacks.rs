@@ -115,7 +115,13 @@ async fn complete_awakeable(
 ) -> Result<HttpResponse, ApiError> {
     let (raw_id, action) = path.into_inner();
     let (target, index) = parse_awakeable_id(&raw_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let body = read_limited(&req, payload, node.config.max_body_bytes).await?;
+    let body = read_limited(
+        &req,
+        payload,
+        node.config.max_body_bytes,
+        node.config.body_read_timeout(),
+    )
+    .await?;
     let node = node.into_inner();
     if let Some(answer) = forward::route(&node, &req, &body, target.partition(), Listener::Ingress).await {
         return Ok(answer);

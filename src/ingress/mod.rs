@@ -4,6 +4,7 @@
 //! of storage layout or actors.
 
 mod body;
+mod by_key;
 mod callbacks;
 
 use std::sync::Arc;
@@ -24,11 +25,12 @@ pub use crate::http_error::{INVOCATION_ID_HEADER, RESTATE_ID_HEADER};
 const OBJECT_KEY_MAX_BYTES: usize = 1024;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::JsonConfig::default().error_handler(crate::http_error::json_config_error))
-        .route("/invocations/{id}/attach", web::get().to(attach))
+    crate::http_error::extractor_errors(cfg, 2 * 1024 * 1024);
+    cfg.route("/invocations/{id}/attach", web::get().to(attach))
         .route("/invocations/{id}/output", web::get().to(output))
         .route("/restate/invocation/{id}/attach", web::get().to(attach))
         .route("/restate/invocation/{id}/output", web::get().to(output))
+        .configure(by_key::config)
         .configure(callbacks::config)
         .route("/{tail:.*}", web::post().to(invoke))
         .default_service(web::to(|req: HttpRequest| async move {
@@ -192,7 +194,13 @@ async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) 
         }
     };
     let headers = handed_headers(&req)?;
-    let input = body::read_limited(&req, payload, node.config.max_body_bytes).await?;
+    let input = body::read_limited(
+        &req,
+        payload,
+        node.config.max_body_bytes,
+        node.config.body_read_timeout(),
+    )
+    .await?;
     let kind = service.handlers[&target.handler].kind;
     let partition_key = routing_key(&node, &target, kind, idempotency_key.as_deref());
     let send = target.send;
@@ -263,7 +271,7 @@ async fn invoke(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) 
     }
 }
 
-async fn wait_for(node: &Arc<Node>, id: InvocationId) -> Result<HttpResponse, ApiError> {
+pub(super) async fn wait_for(node: &Arc<Node>, id: InvocationId) -> Result<HttpResponse, ApiError> {
     match forward::wait_output(node, id).await? {
         Some(output) => Ok(output_response(id, &output)),
         None => Err(ApiError::not_found(format!("invocation {id} not found"))),
@@ -391,7 +399,7 @@ async fn output(req: HttpRequest, path: web::Path<String>, node: web::Data<Node>
 }
 
 /// The output if finished, 470 if not.
-async fn output_of(node: &Node, id: InvocationId) -> Result<HttpResponse, ApiError> {
+pub(super) async fn output_of(node: &Node, id: InvocationId) -> Result<HttpResponse, ApiError> {
     let store = node.store.clone();
     let record = web::block(move || store.invocation(&id))
         .await

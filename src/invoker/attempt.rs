@@ -117,10 +117,10 @@ impl Attempt<'_> {
         };
         if !response.status().is_success() {
             let status = response.status();
-            let text = response.text().await.unwrap_or_default();
+            let (text, _) = super::read_up_to(response, 1200).await.unwrap_or_default();
             return AttemptOutcome::Retryable(format!(
                 "{url} answered {status}: {}",
-                text.chars().take(300).collect::<String>()
+                String::from_utf8_lossy(&text).chars().take(300).collect::<String>()
             ));
         }
         self.stream(response, tx, timeout).await

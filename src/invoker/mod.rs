@@ -167,6 +167,24 @@ pub fn http_client() -> reqwest::Client {
     CLIENT.with(|c| c.clone())
 }
 
+/// Reads a response body up to `limit` bytes and stops there: `(bytes, whether more was left)`.
+/// An endpoint's answer is never read whole into memory just because it is large.
+pub(crate) async fn read_up_to(response: reqwest::Response, limit: usize) -> Result<(Vec<u8>, bool), String> {
+    use futures_util::StreamExt;
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| error_chain(&e))?;
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();

@@ -67,7 +67,7 @@ impl Node {
         let started = std::time::Instant::now();
         futures_util::future::join_all(local.into_values().map(|messages| async move {
             for (key, message) in messages {
-                tracing::debug!(?message, "node.redeliver");
+                tracing::debug!(outbox = ?message, "node.redeliver");
                 self.deliver(Some(key), message, true).await;
             }
         }))

@@ -198,7 +198,7 @@ impl ObjectActor {
         ctx: &mut Context<Self>,
     ) {
         let id = inv.id;
-        tracing::warn!(invocation_id = %id, code = failure.code, message = %failure.message, status = status.as_str(), "invocation.failed");
+        tracing::warn!(invocation_id = %id, code = failure.code, reason = %failure.message, status = status.as_str(), "invocation.failed");
         self.held.insert(id, Phase::Starting);
         let output = Output::Failure(failure);
         let node = self.node.clone();

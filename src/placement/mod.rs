@@ -95,14 +95,15 @@ impl Cluster {
                 owners: vec![String::new(); PARTITIONS_COUNT as usize],
                 rebalance_total: 0,
             },
-            (None, None) => Membership::initial(vec![(me.clone(), config.peer_addr.to_string())]),
+            (None, None) => Membership::initial(vec![(me.clone(), config.advertised_peer_addr())]),
         };
         if let Some(member) = membership.member(&me) {
             anyhow::ensure!(
-                member.peer_addr == config.peer_addr.to_string(),
-                "this node is {me} at {} in the persisted membership, but --peer-addr is {}",
+                member.peer_addr == config.advertised_peer_addr(),
+                "this node is {me} at {} in the persisted membership, but it is advertised at {} \
+                 (--advertised-peer-addr, else --peer-addr)",
                 member.peer_addr,
-                config.peer_addr
+                config.advertised_peer_addr()
             );
         }
         for p in 0..PARTITIONS_COUNT as u16 {
@@ -115,7 +116,7 @@ impl Cluster {
         }
         Ok(Self {
             node_id: me,
-            peer_addr: config.peer_addr.to_string(),
+            peer_addr: config.advertised_peer_addr(),
             membership: RwLock::new(Arc::new(membership)),
             gate: store.gate.clone(),
             peers: Mutex::new(Peers::default()),

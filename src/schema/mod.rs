@@ -179,6 +179,9 @@ fn valid_name(name: &str) -> bool {
         && name.len() <= 128
 }
 
+/// Largest discovery answer read; a bigger one is refused without being read whole.
+pub const MAX_DISCOVERY_BYTES: usize = 4 * 1024 * 1024;
+
 /// Asks `uri` which services it serves (`GET {uri}/discover`).
 pub async fn discover(uri: &str) -> Result<Vec<ServiceRecord>, DiscoveryError> {
     let url = format!("{}/discover", uri.trim_end_matches('/'));
@@ -199,7 +202,22 @@ pub async fn discover(uri: &str) -> Result<Vec<ServiceRecord>, DiscoveryError> {
     if !response.status().is_success() {
         return Err(invalid(format!("status {}", response.status())));
     }
-    let body = response.bytes().await.map_err(|e| unreachable(e.to_string()))?;
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_DISCOVERY_BYTES as u64)
+    {
+        return Err(invalid(format!(
+            "the answer is larger than {MAX_DISCOVERY_BYTES} bytes"
+        )));
+    }
+    let (body, more) = crate::invoker::read_up_to(response, MAX_DISCOVERY_BYTES)
+        .await
+        .map_err(unreachable)?;
+    if more {
+        return Err(invalid(format!(
+            "the answer is larger than {MAX_DISCOVERY_BYTES} bytes"
+        )));
+    }
     let parsed: DiscoveryResponse = serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
     if parsed.protocol_version != crate::invoker::frame::PROTOCOL_VERSION {
         return Err(invalid(format!(

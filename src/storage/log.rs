@@ -50,14 +50,14 @@ const LAZY_MAX: usize = 4096;
 const FLUSH_AFTER_BYTES: u64 = 16 * 1024 * 1024;
 
 impl PartitionLog {
-    pub(super) fn start(tables: Tables, gate: Arc<PartitionGate>) -> Self {
+    pub(super) fn start(tables: Tables, gate: Arc<PartitionGate>, dir: std::path::PathBuf) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let stats = Arc::new(LogStats::default());
         let lazy = Arc::new(Mutex::new(Vec::new()));
         let (thread_stats, thread_lazy) = (stats.clone(), lazy.clone());
         std::thread::Builder::new()
             .name("kiln-partition-log".into())
-            .spawn(move || run(tables, rx, thread_stats, thread_lazy, gate))
+            .spawn(move || run(tables, rx, thread_stats, thread_lazy, gate, &dir))
             .expect("spawn partition log thread");
         Self { tx, stats, lazy }
     }
@@ -147,6 +147,7 @@ fn run(
     stats: Arc<LogStats>,
     lazy: Arc<Mutex<Vec<Op>>>,
     gate: Arc<PartitionGate>,
+    dir: &std::path::Path,
 ) {
     let mut group: Vec<Request> = Vec::with_capacity(GROUP_MAX);
     let mut unflushed = 0u64;
@@ -202,14 +203,15 @@ fn run(
             tables.seal_memtables();
         }
         stats.commits.fetch_add(group.len() as u64, Ordering::Relaxed);
-        let failed = result.is_err();
+        let failed = result.as_ref().err().map(|e| e.to_string());
         for request in group.drain(..) {
             let _ = request.done.send(result.clone());
         }
-        if failed {
+        if let Some(error) = failed {
             // A failed fdatasync leaves the page cache in an unknown state: fail-stop rather
             // than acknowledge anything that might not be on disk.
-            tracing::error!(error = ?result, "storage commit failed; stopping the node");
+            let why = super::disk::explain_write_failure(&error, dir);
+            tracing::error!(error = %why, "storage.commit_failed; stopping the node");
             std::process::exit(70);
         }
     }

@@ -6,6 +6,7 @@
 //! only where a short wait is acceptable (start-up, actor activation).
 
 mod batch;
+mod disk;
 mod gate;
 mod indexes;
 pub mod keys;
@@ -199,7 +200,7 @@ impl Store {
             db,
         };
         build_indexes(&tables)?;
-        let log = PartitionLog::start(tables.clone(), gate.clone());
+        let log = PartitionLog::start(tables.clone(), gate.clone(), dir.to_path_buf());
         Ok(Self {
             tables,
             log,

@@ -101,3 +101,59 @@ fn d_idempotency_keys() {
         Ok(())
     });
 }
+
+/// (issue 10, item 6) An invocation made with an idempotency key is found again by that key at
+/// Restate's path shape — for an object and for a stateless service — to attach to or to read.
+#[test]
+fn d_attach_by_idempotency_key() {
+    run(
+        "d_attach_by_idempotency_key",
+        Duration::from_secs(120),
+        |env| async move {
+            let kiln = Kiln::start(&env, KilnOpts::default()).await?;
+            let counter = Service::start(&env, Jar::Counter, &[]).await?;
+            let steps = Service::start(&env, Jar::Steps, &[]).await?;
+            register_expect(&kiln, &counter.uri(), &["Counter"]).await?;
+            register_expect(&kiln, &steps.uri(), &["Steps"]).await?;
+            let base = format!("{}/restate/invocation", kiln.ingress());
+
+            let first = kiln.call_idem("Counter/ak/add", "5", "order-9").await?;
+            ensure!(first.status == 200 && first.json()? == 5, "the add: {first}");
+            for what in ["attach", "output"] {
+                let r = kiln.http.get(&format!("{base}/Counter/ak/add/order-9/{what}")).await?;
+                ensure!(
+                    r.status == 200 && r.body == first.body && r.invocation_id() == first.invocation_id(),
+                    "{what} by key of an object's invocation: {r} vs {first}"
+                );
+            }
+            let sent = kiln.send_idem("Steps/threeStep", "\"abc\"", "job-1").await?;
+            let sent_id = send_id(&sent)?;
+            let r = kiln.http.get(&format!("{base}/Steps/threeStep/job-1/attach")).await?;
+            ensure!(
+                r.status == 200 && r.invocation_id().as_deref() == Some(sent_id.as_str()),
+                "attach by key of a service's sent invocation: {r}"
+            );
+            let output = kiln.http.get(&format!("{base}/Steps/threeStep/job-1/output")).await?;
+            ensure!(output.body == r.body, "its output: {output} vs {r}");
+            println!(
+                "d_attach_by_idempotency_key: object → {}, service → {}",
+                first.text(),
+                r.text()
+            );
+
+            let unknown = kiln
+                .http
+                .get(&format!("{base}/Counter/ak/add/no-such-key/attach"))
+                .await?;
+            let (code, _) = unknown.expect_error(404)?;
+            ensure!(code == 404, "an unknown key: {unknown}");
+            let wrong = kiln.http.get(&format!("{base}/Counter/add/order-9/attach")).await?;
+            let (_, message) = wrong.expect_error(400)?;
+            ensure!(
+                message.contains("{key}"),
+                "an object without its key names the shape: {message}"
+            );
+            Ok(())
+        },
+    );
+}

@@ -35,6 +35,7 @@ mod j_control_races;
 mod j_found_by_reading;
 mod j_restart_cost;
 mod k_answers;
+mod k_hardening;
 mod k_parallel_steps;
 mod k_versions;
 

@@ -116,6 +116,12 @@ impl Cluster {
     /// Starts `n` members `n1..nN` with `--cluster n1=…,…` and waits until every member sees all
     /// of them alive, with no rebalance running and every partition owned by a member.
     pub async fn start(env: &Env, n: usize, opts: KilnOpts) -> Result<Cluster> {
+        Cluster::start_named(env, n, opts, "127.0.0.1").await
+    }
+
+    /// [`Cluster::start`] with the members known by `host` (a DNS name such as `localhost`):
+    /// `--cluster n1=<host>:…` and each node's `--advertised-peer-addr <host>:<port>`.
+    pub async fn start_named(env: &Env, n: usize, opts: KilnOpts, host: &str) -> Result<Cluster> {
         ensure!(n >= 1, "a cluster needs at least one node");
         let mut cluster = Cluster {
             env: env.clone(),
@@ -131,11 +137,15 @@ impl Cluster {
         let spec: Vec<String> = ids
             .iter()
             .zip(&peer_ports)
-            .map(|(id, p)| format!("{id}=127.0.0.1:{p}"))
+            .map(|(id, p)| format!("{id}={host}:{p}"))
             .collect();
         let spec = spec.join(",");
         for (id, peer_port) in ids.iter().zip(&peer_ports) {
-            let node = cluster.prepare_node(id, *peer_port, &["--cluster".to_string(), spec.clone()])?;
+            let mut args = vec!["--cluster".to_string(), spec.clone()];
+            if host != "127.0.0.1" {
+                args.extend(["--advertised-peer-addr".to_string(), format!("{host}:{peer_port}")]);
+            }
+            let node = cluster.prepare_node(id, *peer_port, &args)?;
             cluster.nodes.push(node);
         }
         // Start all members at once: a member may wait for its peers before it is ready.
